@@ -1,0 +1,40 @@
+# edgekit — every target sets up what it needs; `make test` and `make demo` work alone on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install test demo bench lint format clean
+
+install: $(STAMP)
+
+# torch goes first and exactly pinned: the CPU wheel is local; anything looser pulls CUDA from the registry.
+$(STAMP): pyproject.toml agent/pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ./agent -e ".[dev]"
+	touch $(STAMP)
+
+# pytest exits 5 when it collects nothing; that is a failure of the suite, not a pass, so it is reported.
+test: install
+	@$(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+demo: install
+	$(VENV)/bin/edgekit demo
+
+bench: install
+	$(PY) -m edgekit.bench --out docs/benchmarks.md
+
+lint: install
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info agent/*.egg-info

@@ -1,0 +1,33 @@
+"""The thing that flows between passes: a torch module, an ONNX file or an OpenVINO IR, plus its precision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+Kind = Literal["torch", "onnx", "openvino"]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    kind: Kind
+    precision: str = "fp32"
+    module: Any = None
+    path: Path | None = None
+    # Runtime settings the artifact must be run with (e.g. OpenVINO's inference precision hint).
+    runtime_config: dict[str, str] = field(default_factory=dict)
+    # Facts a pass records about its own output (sparsity, ranks, quantized ops...).
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def evolve(self, **changes: Any) -> Artifact:
+        return replace(self, **changes)
+
+    def files(self) -> list[Path]:
+        """Every file the artifact consists of on disk (ONNX external data and IR .bin included)."""
+        if self.path is None:
+            return []
+        if self.kind == "openvino":
+            return [self.path, self.path.with_suffix(".bin")]
+        data = [p for p in self.path.parent.glob(self.path.name + ".data")]
+        return [self.path, *data]

@@ -1,0 +1,212 @@
+"""``edgekit package``: load, plan, run (or search with --auto), then write the model files and report.json.
+
+The output directory is replaced only when the whole run succeeded, so a failing run never destroys the
+previous good output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgekit.auto import CandidateResult, candidates, choose
+from edgekit.bundle import ModelBundle
+from edgekit.errors import EdgekitError, GateFailed, NoCandidate, OutputNotWritable, RecipeInvalid
+from edgekit.passes import PassContext
+from edgekit.pipeline import Progress, Step, baseline_artifact, execute, measure, plan, runtime_device, target_runtime
+from edgekit.profiles import DeviceProfile, load_profile
+from edgekit.recipe import Recipe, load_recipe, parse_recipe
+
+
+@dataclass
+class PackageResult:
+    model: str
+    profile: str
+    runtime: str
+    precision: str
+    output_dir: str
+    steps: list[Step]
+    chosen: str | None
+    plan: list[str] = field(default_factory=list)
+    candidates: list[dict[str, Any]] | None = None
+    threads: int = 1
+    dry_run: bool = False
+    description: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "profile": self.profile,
+            "runtime": self.runtime,
+            "precision": self.precision,
+            "output_dir": self.output_dir,
+            "threads": self.threads,
+            "dry_run": self.dry_run,
+            "plan": self.plan,
+            "steps": [s.to_dict() for s in self.steps],
+            "chosen": self.chosen,
+            "candidates": self.candidates,
+            "model_description": self.description,
+            "latency_note": "host latency on this machine's CPU, batch as in the model's example, p50 over >=30 runs",
+        }
+
+
+def check_writable(out: Path) -> None:
+    """Fail before any work when the output cannot be written (a parent that is a file, a read-only mount...)."""
+    if out.exists() and not out.is_dir():
+        raise OutputNotWritable(f"--out {out} exists and is not a directory; choose a directory path")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.mkdtemp(prefix=".edgekit-probe-", dir=out.parent)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise OutputNotWritable(f"cannot write to {out.parent} ({exc.strerror}); choose a writable --out") from None
+
+
+def _resolve_recipe(recipe: Any) -> Recipe:
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, dict):
+        return parse_recipe(recipe)
+    return load_recipe(recipe)
+
+
+def _write_output(out: Path, artifact: Any, report: dict[str, Any]) -> None:
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        if artifact.kind == "onnx":
+            shutil.copyfile(artifact.path, stage / "model.onnx")
+        else:
+            shutil.copyfile(artifact.path, stage / "model.xml")
+            shutil.copyfile(artifact.path.with_suffix(".bin"), stage / "model.bin")
+        (stage / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+        stage.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise OutputNotWritable(f"writing {out} failed ({exc.strerror}); free space or choose another --out") from None
+
+
+def _gate_message(step: Step, profile: DeviceProfile) -> str:
+    return (
+        f"step {step.name!r} dropped {step.metric_name} by {step.performance_drop:.2%} of the baseline "
+        f"(now {step.metric:.4f}), over the tolerance {step.tolerance:.2%} (profile {profile.name!r}); "
+        "raise 'tolerance' in the recipe, set 'on_fail: skip' on the pass, or use a gentler setting"
+    )
+
+
+def run_package(
+    model: str | ModelBundle,
+    *,
+    profile: str | DeviceProfile,
+    recipe: Any = None,
+    auto: bool = False,
+    out: str | Path,
+    dry_run: bool = False,
+    data: str | Path | None = None,
+    only: list[str] | None = None,
+    progress: Progress = lambda _msg: None,
+) -> PackageResult:
+    """Compress and convert ``model`` for ``profile`` and write the result to ``out`` (see module doc)."""
+    from edgekit.modelsrc import load_model
+
+    prof = load_profile(profile) if isinstance(profile, str) else profile
+    if (recipe is None) == (not auto):
+        raise RecipeInvalid("give exactly one of --recipe R.yaml or --auto")
+    rec = _resolve_recipe(recipe) if recipe is not None else None
+    out = Path(out)
+    check_writable(out)
+    progress(f"loading model {model if isinstance(model, str) else model.name}")
+    bundle = load_model(model, data=Path(data) if data else None) if isinstance(model, str) else model
+    threads = min(prof.num_threads, os.cpu_count() or 1)
+    recipes = [rec] if rec is not None else candidates(bundle, prof)
+    if only:
+        unknown = set(only) - {r.name for r in recipes}
+        if unknown:
+            raise RecipeInvalid(f"unknown --only candidate(s) {sorted(unknown)}; known: {[r.name for r in recipes]}")
+        recipes = [r for r in recipes if r.name in only or r.name.endswith("-fp32")]
+    plans = {}
+    for r in recipes:
+        try:
+            plans[r.name] = plan(r, bundle, prof)
+        except EdgekitError:
+            if rec is not None:
+                raise
+    common = {"model": bundle.name, "profile": prof.name, "threads": threads, "description": bundle.description}
+    if dry_run:
+        first = recipes[0]
+        return PackageResult(
+            **common,
+            runtime=runtime_device(target_runtime(first, prof), prof),
+            precision="-",
+            output_dir=str(out),
+            steps=[],
+            chosen=None if auto else first.name,
+            plan=[f"{name}: " + " -> ".join(p.name for p in steps) for name, steps in plans.items()],
+            dry_run=True,
+        )
+    with tempfile.TemporaryDirectory(prefix="edgekit-work-") as work:
+        cache: dict[Any, Any] = {}
+
+        def ctx_for(name: str) -> PassContext:
+            return PassContext(profile=prof, workdir=Path(work) / name, threads=threads, static_shapes=prof.static_shapes, cache=cache)
+
+        progress("baseline: evaluating")
+        baseline = measure("baseline", baseline_artifact(bundle), bundle, ctx_for("baseline"), baseline=None, previous=None, tolerance=None)
+        progress(f"baseline: {bundle.metric_name}={baseline.metric:.4f} p50={baseline.latency_ms:.3f} ms")
+        results: list[CandidateResult] = []
+        for r in recipes:
+            runtime = target_runtime(r, prof)
+            if r.name not in plans:
+                results.append(CandidateResult(r.name, runtime, "-", None, None, None, None, "not-applicable", "plan failed"))
+                continue
+            progress(f"recipe {r.name}: " + " -> ".join(p.name for p in plans[r.name]))
+            t0 = time.perf_counter()
+            try:
+                outcome = execute(plans[r.name], bundle, ctx_for(r.name), recipe=r, baseline=baseline, progress=progress)
+            except EdgekitError as exc:
+                if rec is not None:
+                    raise
+                results.append(CandidateResult(r.name, runtime, "-", None, None, None, None, "not-applicable", exc.one_line()))
+                continue
+            if outcome.failed is not None and rec is not None:
+                raise GateFailed(_gate_message(outcome.failed, prof))
+            last = outcome.steps[-1]
+            status = "over-tolerance" if outcome.failed else "ok"
+            results.append(
+                CandidateResult(
+                    r.name, runtime, outcome.artifact.precision, last.metric, last.performance_drop, last.latency_ms,
+                    last.size_bytes, status, "" if status == "ok" else f"drop {last.performance_drop:.2%}",
+                    steps=outcome.steps, artifact=outcome.artifact,
+                )  # fmt: skip
+            )
+            progress(f"recipe {r.name}: done in {time.perf_counter() - t0:.1f} s")
+        best = choose(results)
+        if best is None:
+            table = "; ".join(f"{c.name}: {c.status} {c.reason}" for c in results)
+            raise NoCandidate(f"no candidate for {prof.name!r} stays within tolerance and beats fp32: {table}")
+        result = PackageResult(
+            **common,
+            runtime=runtime_device(best.runtime, prof),
+            precision=best.artifact.precision,
+            output_dir=str(out.resolve()),
+            steps=best.steps,
+            chosen=best.name,
+            plan=[s.name for s in best.steps],
+            candidates=[c.row() for c in results] if auto else None,
+        )
+        report = result.to_json()
+        report["runtime_config"] = best.artifact.runtime_config
+        _write_output(out, best.artifact, report)
+        return result

@@ -1,0 +1,57 @@
+"""What the pipeline needs to know about a model, whatever it is: how to feed it, score it, train it.
+
+Example models (``models/``), a user's ``module:function`` and a bare ONNX file all become one
+``ModelBundle``, so passes and the gate never special-case a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+Feed = dict[str, np.ndarray]
+Task = Literal["classification", "ranking", "embedding", "custom"]
+
+
+@dataclass
+class ModelBundle:
+    """A model plus the data that judges it.
+
+    ``score`` maps the first output, concatenated over ``eval_feeds``, to the metric (higher is better).
+    ``train_batches`` yields ``(feed, target)`` for passes that fine-tune (structured pruning, distillation).
+    """
+
+    name: str
+    task: Task
+    input_names: list[str]
+    output_names: list[str]
+    example: Feed
+    calibration: list[Feed]
+    eval_feeds: list[Feed]
+    metric_name: str
+    score: Callable[[np.ndarray], float]
+    module: Any = None
+    onnx_path: Path | None = None
+    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+    train_batches: Callable[[], Iterable[tuple[Feed, np.ndarray]]] | None = None
+    extra_metrics: Callable[[np.ndarray], dict[str, float]] | None = None
+    model_type: Literal["transformer"] | None = None
+    description: str = ""
+
+    def predict_all(self, predict: Callable[[Feed], list[np.ndarray]]) -> np.ndarray:
+        return np.concatenate([predict(feed)[0] for feed in self.eval_feeds], axis=0)
+
+    def evaluate(self, predict: Callable[[Feed], list[np.ndarray]]) -> tuple[float, dict[str, float]]:
+        outputs = self.predict_all(predict)
+        extra = self.extra_metrics(outputs) if self.extra_metrics else {}
+        return float(self.score(outputs)), extra
+
+
+def split_batches(arrays: Feed, batch_size: int) -> list[Feed]:
+    """Cut a feed of equal-length arrays into batches, keeping the last short batch."""
+    n = len(next(iter(arrays.values())))
+    return [{k: v[i : i + batch_size] for k, v in arrays.items()} for i in range(0, n, batch_size)]

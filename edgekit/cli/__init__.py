@@ -1,0 +1,35 @@
+"""The ``edgekit`` command. Only typer is imported here so ``edgekit --help`` stays instant; every command
+imports what it needs when it runs. User errors become one line on stderr and a non-zero exit code."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from edgekit.cli import demo, package, profiles
+
+app = typer.Typer(
+    name="edgekit",
+    help="Compress, convert and ship ML models to edge devices.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(profiles.app, name="profiles")
+app.command("package")(package.package)
+app.command("demo")(demo.demo)
+
+
+def main() -> None:
+    from edgekit.errors import EdgekitError
+
+    try:
+        app(prog_name="edgekit")
+    except EdgekitError as exc:
+        from edgekit.cli._console import err
+
+        err.print(f"[bold red]error[/] {exc.one_line()}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)

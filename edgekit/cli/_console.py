@@ -1,0 +1,36 @@
+"""Data goes to stdout, everything for humans (progress, tables, errors) to stderr."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+
+from rich.console import Console
+
+err = Console(stderr=True)
+out = Console(soft_wrap=True)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Route fd 1 to stderr while libraries run: NNCF, OpenVINO and ORT print progress to stdout, and
+    ``--format json`` promises stdout holds exactly one JSON object."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def print_json(data: object) -> None:
+    import json
+
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,89 @@
+"""``edgekit package MODEL --profile P (--recipe R.yaml | --auto) --out DIR``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from edgekit.cli._console import err, out, print_json, stdout_to_stderr
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n / 2**20:.2f} MB" if n >= 2**20 else f"{n / 1024:.1f} kB"
+
+
+def render_steps(result: Any) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"{result.model} -> {result.profile} ({result.runtime}, {result.precision})")
+    for col in ("step", "params", "param red.", "MACs", "compute red.", "size", "p50 ms", "latency on", "metric", "drop", "gate"):
+        table.add_column(col, justify="left" if col in {"step", "latency on", "gate"} else "right")
+    for s in result.steps:
+        table.add_row(
+            s.name, f"{s.params:,}", f"{s.param_reduction:.1%}", f"{s.macs:,}", f"{s.compute_reduction:.1%}",
+            _fmt_bytes(s.size_bytes), f"{s.latency_ms:.3f}", s.latency_runtime, f"{s.metric_name} {s.metric:.4f}",
+            f"{s.performance_drop:.2%}", s.gate,
+        )  # fmt: skip
+    return table
+
+
+def render_candidates(rows: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="--auto candidates (fastest within tolerance wins; INT8 slower than fp32 never does)")
+    for col in ("candidate", "precision", "metric", "drop", "p50 ms", "size", "status"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["name"], r["precision"], "-" if r["metric"] is None else f"{r['metric']:.4f}",
+            "-" if r["performance_drop"] is None else f"{r['performance_drop']:.2%}",
+            "-" if r["latency_ms"] is None else f"{r['latency_ms']:.3f}",
+            "-" if r["size_bytes"] is None else _fmt_bytes(r["size_bytes"]),
+            r["status"] + (f" ({r['reason']})" if r["reason"] else ""),
+        )  # fmt: skip
+    return table
+
+
+def package(
+    model: Annotated[str, typer.Argument(help="digits_cnn | recommender | minilm | module:function | path/to/model.onnx")],
+    profile: Annotated[str, typer.Option(help="device profile name or YAML path")],
+    out_dir: Annotated[Path, typer.Option("--out", help="output directory (replaced only on success)")],
+    recipe: Annotated[Path | None, typer.Option(help="recipe YAML")] = None,
+    auto: Annotated[bool, typer.Option("--auto", help="search candidate recipes for the profile")] = False,
+    only: Annotated[str | None, typer.Option(help="with --auto: comma-separated candidates to try (fp32 parents always run)")] = None,
+    data: Annotated[Path | None, typer.Option(help="for an .onnx MODEL: .npz with one array per input")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the resolved plan and exit")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+) -> None:
+    """Compress and convert a model for a device profile; writes model files + report.json into --out."""
+    from edgekit.build import run_package
+
+    def progress(msg: str) -> None:
+        err.print(f"[dim]·[/] {msg}", highlight=False)
+
+    with stdout_to_stderr():
+        result = run_package(
+            model,
+            profile=profile,
+            recipe=recipe,
+            auto=auto,
+            out=out_dir,
+            dry_run=dry_run,
+            data=data,
+            only=[s.strip() for s in only.split(",")] if only else None,
+            progress=progress,
+        )
+    if fmt == "json":
+        print_json(result.to_json())
+        return
+    if dry_run:
+        out.print(f"plan for {result.model} on {result.profile} (target {result.runtime}):", highlight=False)
+        for line in result.plan:
+            out.print(f"  {line}", highlight=False)
+        return
+    if result.candidates:
+        out.print(render_candidates(result.candidates))
+    out.print(render_steps(result))
+    out.print(f"wrote {result.output_dir} (chosen: {result.chosen})", highlight=False)

@@ -1,0 +1,59 @@
+"""The contract every pass fulfils; the pipeline knows only this, never a specific pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgekit.artifact import Artifact, Kind
+from edgekit.bundle import ModelBundle
+from edgekit.profiles import DeviceProfile
+
+
+class PassConfig(BaseModel):
+    """Options shared by every pass; each pass subclasses this with its own typed knobs."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: str
+    on_fail: Literal["fail", "skip"] = "fail"
+    tolerance: float | None = Field(default=None, gt=0, lt=1, description="overrides recipe/profile tolerance")
+
+
+@dataclass
+class PassContext:
+    profile: DeviceProfile
+    workdir: Path
+    threads: int
+    static_shapes: bool
+    cache: dict[Any, Any] = field(default_factory=dict)
+
+    def step_dir(self, name: str) -> Path:
+        index = len([p for p in self.workdir.iterdir() if p.is_dir()]) if self.workdir.exists() else 0
+        path = self.workdir / f"{index:02d}-{name}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+class Pass:
+    """One compression or conversion step. ``accepts``/``produces`` let the planner insert conversions."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[PassConfig]]
+    accepts: ClassVar[tuple[Kind, ...]]
+    produces: ClassVar[Kind | None] = None  # None: same kind as the input
+    runtime: ClassVar[str | None] = None  # a pass tied to one runtime (e.g. NNCF -> openvino)
+
+    def __init__(self, config: PassConfig) -> None:
+        self.config = config
+
+    def output_kind(self, kind: Kind) -> Kind:
+        return self.produces or kind
+
+    def check(self, bundle: ModelBundle, artifact: Artifact, ctx: PassContext) -> None:
+        """Raise PassNotApplicable before any work when the pass cannot apply to this model."""
+
+    def run(self, bundle: ModelBundle, artifact: Artifact, ctx: PassContext) -> Artifact:
+        raise NotImplementedError

@@ -1,0 +1,65 @@
+"""torch -> ONNX with the TorchScript exporter.
+
+torch 2.13 defaults to the dynamo exporter, whose graphs break ORT's quantization pre-processing and
+transformer fusion and can name an output like an initializer; ``dynamo=False`` avoids all three.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from edgekit.artifact import Artifact
+from edgekit.bundle import ModelBundle
+from edgekit.errors import ExportFailed
+from edgekit.passes.base import Pass, PassConfig, PassContext
+
+
+class ExportOnnxConfig(PassConfig):
+    type: Literal["export_onnx"] = "export_onnx"
+    opset: int = 17
+    dynamic: bool | None = None  # None: dynamic batch axes unless the profile needs static shapes
+
+
+class ExportOnnx(Pass):
+    name = "export_onnx"
+    Config = ExportOnnxConfig
+    accepts = ("torch",)
+    produces = "onnx"
+
+    def run(self, bundle: ModelBundle, artifact: Artifact, ctx: PassContext) -> Artifact:
+        import onnx
+        import torch
+
+        cfg: ExportOnnxConfig = self.config  # type: ignore[assignment]
+        dynamic = (not ctx.static_shapes) if cfg.dynamic is None else cfg.dynamic
+        key = ("export_onnx", id(artifact.module), dynamic, cfg.opset)
+        if key in ctx.cache:
+            return ctx.cache[key]
+        path = ctx.step_dir(self.name) / "model.onnx"
+        inputs = tuple(torch.from_numpy(np.ascontiguousarray(v)) for v in bundle.example.values())
+        try:
+            with torch.no_grad():
+                torch.onnx.export(
+                    artifact.module.eval(),
+                    inputs,
+                    str(path),
+                    input_names=bundle.input_names,
+                    output_names=bundle.output_names,
+                    dynamic_axes=bundle.dynamic_axes if dynamic else None,
+                    opset_version=cfg.opset,
+                    do_constant_folding=True,
+                    dynamo=False,
+                )
+            onnx.checker.check_model(str(path))
+        except Exception as exc:  # noqa: BLE001 - any exporter failure is the user's model, reported in one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise ExportFailed(
+                f"model {bundle.name!r} does not export to ONNX (opset {cfg.opset}): {first}; "
+                "make forward() traceable (tensor inputs/outputs, no data-dependent Python control flow) "
+                "or pass an .onnx file instead"
+            ) from None
+        result = artifact.evolve(kind="onnx", path=path, module=None, notes={"opset": cfg.opset, "dynamic": dynamic})
+        ctx.cache[key] = result
+        return result

@@ -1,0 +1,48 @@
+"""Half-precision weights: ORT float16 conversion (fp32 I/O kept) or OpenVINO fp16 IR with an f16 hint.
+
+Worth it on GPUs, NPUs and CPUs with native fp16 arithmetic; on x86 CPUs without it the runtime
+upcasts and it is usually slower — the report's latency says which, and ``--auto`` decides by it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from edgekit.artifact import Artifact
+from edgekit.bundle import ModelBundle
+from edgekit.errors import PassFailed
+from edgekit.passes.base import Pass, PassConfig, PassContext
+
+
+class Fp16Config(PassConfig):
+    type: Literal["fp16"] = "fp16"
+    keep_io_types: bool = True
+
+
+class Fp16(Pass):
+    name = "fp16"
+    Config = Fp16Config
+    accepts = ("onnx", "openvino")
+
+    def run(self, bundle: ModelBundle, artifact: Artifact, ctx: PassContext) -> Artifact:
+        cfg: Fp16Config = self.config  # type: ignore[assignment]
+        step = ctx.step_dir(self.name)
+        try:
+            if artifact.kind == "onnx":
+                import onnx
+                from onnxruntime.transformers.float16 import convert_float_to_float16
+
+                model = convert_float_to_float16(onnx.load(str(artifact.path)), keep_io_types=cfg.keep_io_types)
+                path = step / "model.onnx"
+                onnx.save(model, str(path))
+                return artifact.evolve(path=path, precision="fp16")
+            import openvino as ov
+
+            path = step / "model.xml"
+            ov.save_model(ov.Core().read_model(str(artifact.path)), str(path), compress_to_fp16=True)
+        except Exception as exc:  # noqa: BLE001
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise PassFailed(f"fp16 conversion failed: {first}") from None
+        return artifact.evolve(
+            path=path, precision="fp16", runtime_config={"INFERENCE_PRECISION_HINT": "f16"}, notes={"precision_hint": "f16"}
+        )

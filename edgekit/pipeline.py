@@ -1,0 +1,210 @@
+"""Plan and run passes, measure every step, gate it on the tolerance, and record the report.
+
+The pipeline knows passes only through ``Pass.accepts``/``produces``; it inserts the conversions a
+recipe leaves implicit (torch -> ONNX -> OpenVINO) and ends in the runtime the profile prefers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from edgekit.artifact import Artifact
+from edgekit.bundle import ModelBundle
+from edgekit.errors import PassNotApplicable, RecipeInvalid
+from edgekit.passes import REGISTRY, Pass, PassContext
+from edgekit.profiles import DeviceProfile
+from edgekit.recipe import Recipe
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Step:
+    name: str
+    kind: str
+    precision: str
+    params: int
+    param_reduction: float
+    macs: int
+    compute_reduction: float
+    size_bytes: int
+    latency_ms: float
+    latency_p95_ms: float
+    latency_runtime: str
+    metric_name: str
+    metric: float
+    performance_drop: float
+    step_performance_drop: float
+    gate: str
+    tolerance: float | None = None
+    extra_metrics: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PlannedPass:
+    pass_: Pass
+    inserted: bool  # added by the planner, not written in the recipe
+
+    @property
+    def name(self) -> str:
+        return self.pass_.name
+
+
+def target_runtime(recipe: Recipe, profile: DeviceProfile) -> str:
+    runtime = recipe.runtime or profile.preferred_runtime()
+    if not profile.supports(runtime):
+        raise RecipeInvalid(f"recipe wants runtime {runtime!r} but profile {profile.name!r} lists only {profile.runtimes}")
+    return runtime
+
+
+def runtime_device(runtime: str, profile: DeviceProfile) -> str:
+    return next(f"{r}:{d}" for r, d in profile.runtime_order() if r == runtime)
+
+
+def plan(recipe: Recipe, bundle: ModelBundle, profile: DeviceProfile) -> list[PlannedPass]:
+    """The passes in order, with the conversions between kinds inserted; raises before any work is done."""
+    kind = "torch" if bundle.module is not None else "onnx"
+    runtime = target_runtime(recipe, profile)
+    steps: list[PlannedPass] = []
+
+    def convert_to(wanted: tuple[str, ...]) -> None:
+        nonlocal kind
+        if kind == "torch" and "torch" not in wanted:
+            steps.append(PlannedPass(REGISTRY["export_onnx"](REGISTRY["export_onnx"].Config()), True))
+            kind = "onnx"
+        if kind == "onnx" and "onnx" not in wanted and "openvino" in wanted:
+            steps.append(PlannedPass(REGISTRY["convert_openvino"](REGISTRY["convert_openvino"].Config()), True))
+            kind = "openvino"
+
+    for cfg in recipe.passes:
+        p = REGISTRY[cfg.type](cfg)
+        if p.runtime and p.runtime != runtime:
+            raise RecipeInvalid(
+                f"pass {p.name!r} produces a {p.runtime} model but the target runtime is {runtime}; "
+                f"set 'runtime: {p.runtime}' in the recipe (profile {profile.name!r} allows {profile.runtimes})"
+            )
+        convert_to(p.accepts)
+        if kind not in p.accepts:
+            need = " or ".join(p.accepts)
+            raise PassNotApplicable(
+                f"pass {p.name!r} needs a {need} model but the model is {kind} at that point"
+                + (" (an ONNX input cannot go back to torch)" if "torch" in p.accepts else "; reorder the recipe")
+            )
+        steps.append(PlannedPass(p, False))
+        kind = p.output_kind(kind)
+    convert_to(("openvino",) if runtime == "openvino" else ("onnx",))
+    if runtime == "onnxruntime" and kind != "onnx":
+        raise RecipeInvalid(f"the recipe ends in an {kind} model, which {runtime} cannot run; set runtime: openvino")
+    return steps
+
+
+def _latency_runtime(kind: str) -> str:
+    return {"torch": "host:torch", "onnx": "host:onnxruntime:CPU", "openvino": "host:openvino:CPU"}[kind]
+
+
+def measure(
+    name: str,
+    artifact: Artifact,
+    bundle: ModelBundle,
+    ctx: PassContext,
+    *,
+    baseline: Step | None,
+    previous: Step | None,
+    tolerance: float | None,
+) -> Step:
+    """Evaluate an artifact: metric, params, MACs, size, host latency, and the rates against the baseline."""
+    from edgekit import evaluate
+    from edgekit.hostrt import latency_ms, predictor
+
+    predict = predictor(artifact, threads=ctx.threads)
+    metric, extra = bundle.evaluate(predict)
+    lat = latency_ms(predict, bundle.example)
+    if artifact.kind == "torch":
+        params, macs = evaluate.torch_params(artifact.module), evaluate.torch_macs(artifact.module, bundle.example)
+    elif artifact.kind == "onnx":
+        params, macs = evaluate.onnx_params(artifact.path), evaluate.onnx_macs(artifact.path, bundle.example)
+    else:  # OpenVINO conversion and NNCF keep the graph's weights and op count; carry them from the parent
+        assert previous is not None
+        params, macs = previous.params, previous.macs
+    base = baseline
+    ref_metric = base.metric if base else metric
+    drop = (ref_metric - metric) / ref_metric if ref_metric else 0.0
+    step_drop = (previous.metric - metric) / previous.metric if previous and previous.metric else 0.0
+    gate = "baseline" if base is None else ("passed" if tolerance is None or drop <= tolerance else "failed")
+    return Step(
+        name=name,
+        kind=artifact.kind,
+        precision=artifact.precision,
+        params=params,
+        param_reduction=1 - params / base.params if base and base.params else 0.0,
+        macs=macs,
+        compute_reduction=1 - macs / base.macs if base and base.macs else 0.0,
+        size_bytes=evaluate.size_bytes(artifact),
+        latency_ms=lat["p50"],
+        latency_p95_ms=lat["p95"],
+        latency_runtime=_latency_runtime(artifact.kind),
+        metric_name=bundle.metric_name,
+        metric=metric,
+        performance_drop=drop,
+        step_performance_drop=step_drop,
+        gate=gate,
+        tolerance=tolerance,
+        extra_metrics=extra,
+        notes=dict(artifact.notes),
+    )
+
+
+def baseline_artifact(bundle: ModelBundle) -> Artifact:
+    if bundle.module is not None:
+        return Artifact(kind="torch", module=bundle.module)
+    return Artifact(kind="onnx", path=bundle.onnx_path)
+
+
+@dataclass
+class Outcome:
+    steps: list[Step]
+    artifact: Artifact
+    failed: Step | None = None
+
+
+def execute(
+    planned: list[PlannedPass],
+    bundle: ModelBundle,
+    ctx: PassContext,
+    *,
+    recipe: Recipe,
+    baseline: Step,
+    progress: Progress = lambda _msg: None,
+) -> Outcome:
+    """Run the plan; a gate failure stops with ``failed`` set, unless the pass says ``on_fail: skip``."""
+    artifact = baseline_artifact(bundle)
+    steps = [baseline]
+    for item in planned:
+        item.pass_.check(bundle, artifact, ctx)
+    for item in planned:
+        p = item.pass_
+        tolerance = p.config.tolerance or recipe.tolerance or ctx.profile.accuracy_tolerance
+        progress(f"{p.name}: running")
+        t0 = time.perf_counter()
+        new = p.run(bundle, artifact, ctx)
+        step = measure(p.name, new, bundle, ctx, baseline=baseline, previous=steps[-1], tolerance=tolerance)
+        step.seconds = round(time.perf_counter() - t0, 2)
+        if step.gate == "failed" and p.config.on_fail == "skip" and not item.inserted:
+            step.gate = "skipped"
+            steps.append(step)
+            progress(f"{p.name}: skipped ({bundle.metric_name} drop {step.performance_drop:.2%} > {tolerance:.2%})")
+            continue
+        steps.append(step)
+        progress(f"{p.name}: {bundle.metric_name}={step.metric:.4f} p50={step.latency_ms:.3f} ms gate={step.gate}")
+        if step.gate == "failed":
+            return Outcome(steps, new, failed=step)
+        artifact = new
+    return Outcome(steps, artifact)

@@ -1,0 +1,78 @@
+"""Recipes: which passes to run, in order, with typed options. YAML in, validated pydantic out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edgekit.errors import RecipeInvalid
+from edgekit.passes.base import PassConfig
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    name: str = "recipe"
+    description: str = ""
+    runtime: Literal["onnxruntime", "openvino"] | None = None
+    tolerance: float | None = Field(default=None, gt=0, lt=1)
+    passes: list[PassConfig] = Field(default_factory=list)
+
+    @field_validator("passes", mode="before")
+    @classmethod
+    def _typed_passes(cls, value: Any) -> list[PassConfig]:
+        from edgekit.passes import REGISTRY
+
+        if not isinstance(value, list):
+            raise ValueError("passes must be a list of {type: ..., ...} mappings")
+        out = []
+        for i, item in enumerate(value):
+            if isinstance(item, PassConfig):
+                out.append(item)
+                continue
+            if not isinstance(item, dict) or "type" not in item:
+                raise ValueError(f"pass #{i + 1} needs a 'type' (one of: {', '.join(sorted(REGISTRY))})")
+            kind = item["type"]
+            if kind not in REGISTRY:
+                raise ValueError(f"pass #{i + 1}: unknown pass type {kind!r} (known: {', '.join(sorted(REGISTRY))})")
+            try:
+                out.append(REGISTRY[kind].Config.model_validate(item))
+            except ValidationError as exc:
+                raise ValueError(f"pass #{i + 1} ({kind}): {_errors(exc)}") from None
+        return out
+
+
+def _errors(exc: ValidationError) -> str:
+    parts = []
+    for e in exc.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown key {where!r} (remove it or check its spelling)")
+        else:
+            parts.append(f"{where}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def parse_recipe(data: Any, *, source: str = "recipe") -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeInvalid(f"{source}: a recipe must be a YAML mapping with a 'passes' list")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeInvalid(f"{source}: {_errors(exc)}") from None
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise RecipeInvalid(f"recipe file {path} does not exist; pass an existing YAML file to --recipe") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise RecipeInvalid(f"{path}: not valid YAML{where}; fix the syntax") from None
+    return parse_recipe(data, source=str(path))
