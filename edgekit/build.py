@@ -180,6 +180,12 @@ def run_package(
                     raise
                 results.append(CandidateResult(r.name, runtime, "-", None, None, None, None, "not-applicable", exc.one_line()))
                 continue
+            except Exception as exc:  # noqa: BLE001 - one broken candidate must not end the search
+                if rec is not None:
+                    raise
+                reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+                results.append(CandidateResult(r.name, runtime, "-", None, None, None, None, "error", reason))
+                continue
             if outcome.failed is not None and rec is not None:
                 raise GateFailed(_gate_message(outcome.failed, prof))
             last = outcome.steps[-1]

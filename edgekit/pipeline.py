@@ -77,6 +77,8 @@ def plan(recipe: Recipe, bundle: ModelBundle, profile: DeviceProfile) -> list[Pl
 
     def convert_to(wanted: tuple[str, ...]) -> None:
         nonlocal kind
+        if runtime == "openvino" and "openvino" in wanted and "torch" not in wanted:
+            wanted = ("openvino",)  # a pass that runs on either kind acts on the target runtime's form
         if kind == "torch" and "torch" not in wanted:
             steps.append(PlannedPass(REGISTRY["export_onnx"](REGISTRY["export_onnx"].Config()), True))
             kind = "onnx"

@@ -19,7 +19,7 @@ from edgekit_models._train import cached_state, fit
 class DigitsCNN(nn.Module):
     def __init__(self, width: float = 1.0, num_classes: int = 10) -> None:
         super().__init__()
-        c1, c2, c3, h = (max(4, int(round(c * width))) for c in (32, 64, 128, 320))
+        c1, c2, c3, h = (max(4, int(round(c * width))) for c in (64, 128, 256, 128))
         self.features = nn.Sequential(
             nn.Conv2d(1, c1, 3, padding=1), nn.BatchNorm2d(c1), nn.ReLU(),
             nn.Conv2d(c1, c2, 3, padding=1), nn.BatchNorm2d(c2), nn.ReLU(),
@@ -62,7 +62,7 @@ def load(*, cache_dir: Path) -> ModelBundle:
         DigitsCNN(),
         key="digits_cnn",
         cache_dir=cache_dir,
-        train=lambda m: fit(m, _train_batches(x_tr, y_tr), nn.functional.cross_entropy, epochs=20, lr=3e-3),
+        train=lambda m: fit(m, _train_batches(x_tr, y_tr), nn.functional.cross_entropy, epochs=30, lr=2e-3, weight_decay=1e-4),
     )
 
     epochs = itertools.count(1000)

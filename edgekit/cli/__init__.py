@@ -33,3 +33,14 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:  # a bug, not a user error: one line, the traceback on request
+        import os
+        import traceback
+
+        from edgekit.cli._console import err
+
+        if os.environ.get("EDGEKIT_DEBUG"):
+            traceback.print_exc()
+        first = (str(exc).splitlines() or [""])[0][:300]
+        err.print(f"[bold red]internal error[/] {type(exc).__name__}: {first} (set EDGEKIT_DEBUG=1 for the traceback)")
+        sys.exit(1)

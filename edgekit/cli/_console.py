@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from rich.console import Console
 
 err = Console(stderr=True)
-out = Console(soft_wrap=True)
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 @contextlib.contextmanager
