@@ -14,7 +14,9 @@ if TYPE_CHECKING:
     from edgekit.build import PackageResult
 
 
-def package(model: Any, *, profile: str, recipe: Any = None, auto: bool = False, out: str, **kwargs: Any) -> PackageResult:
+def package(
+    model: Any, *, profile: str, recipe: Any = None, auto: bool = False, out: str, **kwargs: Any
+) -> PackageResult:
     """Compress and convert ``model`` for ``profile``; the CLI's ``edgekit package`` calls exactly this."""
     from edgekit.build import run_package
 

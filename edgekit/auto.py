@@ -31,7 +31,9 @@ def candidates(bundle: ModelBundle, profile: DeviceProfile) -> list[Recipe]:
         if "int8" not in profile.precisions:
             continue
         if ov:
-            out.append({"name": "openvino-int8-nncf", "runtime": runtime, "passes": [*static, {"type": "quantize_openvino"}]})
+            out.append(
+                {"name": "openvino-int8-nncf", "runtime": runtime, "passes": [*static, {"type": "quantize_openvino"}]}
+            )
             if trainable:
                 out.append(
                     {
@@ -42,17 +44,28 @@ def candidates(bundle: ModelBundle, profile: DeviceProfile) -> list[Recipe]:
                 )
         else:
             out.append(
-                {"name": "onnxruntime-int8-dynamic", "runtime": runtime, "passes": [{"type": "quantize_ort", "mode": "dynamic"}]}
+                {
+                    "name": "onnxruntime-int8-dynamic",
+                    "runtime": runtime,
+                    "passes": [{"type": "quantize_ort", "mode": "dynamic"}],
+                }
             )
             out.append(
-                {"name": "onnxruntime-int8-static", "runtime": runtime, "passes": [{"type": "quantize_ort", "mode": "static"}]}
+                {
+                    "name": "onnxruntime-int8-static",
+                    "runtime": runtime,
+                    "passes": [{"type": "quantize_ort", "mode": "static"}],
+                }
             )
             if trainable:
                 out.append(
                     {
                         "name": "onnxruntime-prune50-int8",
                         "runtime": runtime,
-                        "passes": [{"type": "prune_structured", "ratio": 0.5}, {"type": "quantize_ort", "mode": "static"}],
+                        "passes": [
+                            {"type": "prune_structured", "ratio": 0.5},
+                            {"type": "quantize_ort", "mode": "static"},
+                        ],
                     }
                 )
     return [parse_recipe(c, source=f"auto candidate {c['name']}") for c in out]
@@ -73,7 +86,20 @@ class CandidateResult:
     artifact: Any = None
 
     def row(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("name", "runtime", "precision", "metric", "performance_drop", "latency_ms", "size_bytes", "status", "reason")}
+        return {
+            k: getattr(self, k)
+            for k in (
+                "name",
+                "runtime",
+                "precision",
+                "metric",
+                "performance_drop",
+                "latency_ms",
+                "size_bytes",
+                "status",
+                "reason",
+            )
+        }
 
 
 def choose(results: list[CandidateResult]) -> CandidateResult | None:

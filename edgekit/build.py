@@ -160,27 +160,43 @@ def run_package(
         cache: dict[Any, Any] = {}
 
         def ctx_for(name: str) -> PassContext:
-            return PassContext(profile=prof, workdir=Path(work) / name, threads=threads, static_shapes=prof.static_shapes, cache=cache)
+            return PassContext(
+                profile=prof, workdir=Path(work) / name, threads=threads, static_shapes=prof.static_shapes, cache=cache
+            )
 
         progress("baseline: evaluating")
-        baseline = measure("baseline", baseline_artifact(bundle), bundle, ctx_for("baseline"), baseline=None, previous=None, tolerance=None)
+        baseline = measure(
+            "baseline",
+            baseline_artifact(bundle),
+            bundle,
+            ctx_for("baseline"),
+            baseline=None,
+            previous=None,
+            tolerance=None,
+        )
         progress(f"baseline: {bundle.metric_name}={baseline.metric:.4f} p50={baseline.latency_ms:.3f} ms")
         results: list[CandidateResult] = []
         for r in recipes:
             runtime = target_runtime(r, prof)
             if r.name not in plans:
-                results.append(CandidateResult(r.name, runtime, "-", None, None, None, None, "not-applicable", "plan failed"))
+                results.append(
+                    CandidateResult(r.name, runtime, "-", None, None, None, None, "not-applicable", "plan failed")
+                )
                 continue
             progress(f"recipe {r.name}: " + " -> ".join(p.name for p in plans[r.name]))
             t0 = time.perf_counter()
             try:
-                outcome = execute(plans[r.name], bundle, ctx_for(r.name), recipe=r, baseline=baseline, progress=progress)
+                outcome = execute(
+                    plans[r.name], bundle, ctx_for(r.name), recipe=r, baseline=baseline, progress=progress
+                )
             except EdgekitError as exc:
                 if rec is not None:
                     raise
-                results.append(CandidateResult(r.name, runtime, "-", None, None, None, None, "not-applicable", exc.one_line()))
+                results.append(
+                    CandidateResult(r.name, runtime, "-", None, None, None, None, "not-applicable", exc.one_line())
+                )
                 continue
-            except Exception as exc:  # noqa: BLE001 - one broken candidate must not end the search
+            except Exception as exc:
                 if rec is not None:
                     raise
                 reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
@@ -192,10 +208,18 @@ def run_package(
             status = "over-tolerance" if outcome.failed else "ok"
             results.append(
                 CandidateResult(
-                    r.name, runtime, outcome.artifact.precision, last.metric, last.performance_drop, last.latency_ms,
-                    last.size_bytes, status, "" if status == "ok" else f"drop {last.performance_drop:.2%}",
-                    steps=outcome.steps, artifact=outcome.artifact,
-                )  # fmt: skip
+                    r.name,
+                    runtime,
+                    outcome.artifact.precision,
+                    last.metric,
+                    last.performance_drop,
+                    last.latency_ms,
+                    last.size_bytes,
+                    status,
+                    "" if status == "ok" else f"drop {last.performance_drop:.2%}",
+                    steps=outcome.steps,
+                    artifact=outcome.artifact,
+                )
             )
             progress(f"recipe {r.name}: done in {time.perf_counter() - t0:.1f} s")
         best = choose(results)

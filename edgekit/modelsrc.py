@@ -22,9 +22,13 @@ def _call(ref: str) -> Any:
     try:
         factory = getattr(importlib.import_module(module_name), func)
     except ImportError as exc:
-        raise ModelNotFound(f"cannot import {module_name!r} for model {ref!r} ({exc}); check the module is on PYTHONPATH") from None
+        raise ModelNotFound(
+            f"cannot import {module_name!r} for model {ref!r} ({exc}); check the module is on PYTHONPATH"
+        ) from None
     except AttributeError:
-        raise ModelNotFound(f"module {module_name!r} has no function {func!r}; MODEL must be 'module:function'") from None
+        raise ModelNotFound(
+            f"module {module_name!r} has no function {func!r}; MODEL must be 'module:function'"
+        ) from None
     import inspect
 
     params = inspect.signature(factory).parameters
@@ -84,7 +88,7 @@ def load_onnx(path: Path, *, data: Path | None = None) -> ModelBundle:
     try:
         onnx.checker.check_model(str(path))
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ModelNotFound(f"{path} is not a loadable ONNX model: {first}") from None
     if data is not None:

@@ -61,7 +61,9 @@ class PlannedPass:
 def target_runtime(recipe: Recipe, profile: DeviceProfile) -> str:
     runtime = recipe.runtime or profile.preferred_runtime()
     if not profile.supports(runtime):
-        raise RecipeInvalid(f"recipe wants runtime {runtime!r} but profile {profile.name!r} lists only {profile.runtimes}")
+        raise RecipeInvalid(
+            f"recipe wants runtime {runtime!r} but profile {profile.name!r} lists only {profile.runtimes}"
+        )
     return runtime
 
 

@@ -68,7 +68,9 @@ class DeviceProfile(BaseModel):
     def _runtime_format(cls, value: list[str]) -> list[str]:
         for item in value:
             if not _RUNTIME_RE.match(item):
-                raise ValueError(f"runtime {item!r} must look like 'onnxruntime:CPUExecutionProvider' or 'openvino:CPU'")
+                raise ValueError(
+                    f"runtime {item!r} must look like 'onnxruntime:CPUExecutionProvider' or 'openvino:CPU'"
+                )
         return value
 
     @property
@@ -179,13 +181,13 @@ def probe(*, name: str | None = None) -> DeviceProfile:
         import openvino as ov
 
         runtimes += [f"openvino:{d}" for d in sorted(ov.Core().available_devices, key=lambda d: d != "NPU")]
-    except Exception:  # noqa: BLE001 - an absent or broken runtime is a fact to record, not an error
+    except Exception:
         pass
     try:
         import onnxruntime as ort
 
         runtimes += [f"onnxruntime:{p}" for p in ort.get_available_providers() if p != "AzureExecutionProvider"]
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     flags = _cpu_flags()
     isa = sorted(f for f in flags if f in INT8_RELEVANT_FLAGS)

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from edgekit_models._train import cached_state, fit
 from torch import nn
 
 from edgekit.bundle import ModelBundle, split_batches
-from edgekit_models._train import cached_state, fit
 
 
 class DigitsCNN(nn.Module):
     def __init__(self, width: float = 1.0, num_classes: int = 10) -> None:
         super().__init__()
-        c1, c2, c3, h = (max(4, int(round(c * width))) for c in (64, 128, 256, 128))
+        c1, c2, c3, h = (max(4, round(c * width)) for c in (64, 128, 256, 128))
         self.features = nn.Sequential(
             nn.Conv2d(1, c1, 3, padding=1), nn.BatchNorm2d(c1), nn.ReLU(),
             nn.Conv2d(c1, c2, 3, padding=1), nn.BatchNorm2d(c2), nn.ReLU(),
@@ -51,7 +51,9 @@ def build_student(width: float = 0.5) -> nn.Module:
 def _train_batches(x: np.ndarray, y: np.ndarray, batch: int = 64):
     def batches(epoch: int):
         order = np.random.default_rng(epoch).permutation(len(x))
-        return [((torch.from_numpy(x[idx]),), torch.from_numpy(y[idx])) for idx in np.array_split(order, len(x) // batch)]
+        return [
+            ((torch.from_numpy(x[idx]),), torch.from_numpy(y[idx])) for idx in np.array_split(order, len(x) // batch)
+        ]
 
     return batches
 
@@ -62,7 +64,9 @@ def load(*, cache_dir: Path) -> ModelBundle:
         DigitsCNN(),
         key="digits_cnn",
         cache_dir=cache_dir,
-        train=lambda m: fit(m, _train_batches(x_tr, y_tr), nn.functional.cross_entropy, epochs=30, lr=2e-3, weight_decay=1e-4),
+        train=lambda m: fit(
+            m, _train_batches(x_tr, y_tr), nn.functional.cross_entropy, epochs=30, lr=2e-3, weight_decay=1e-4
+        ),
     )
 
     epochs = itertools.count(1000)

@@ -84,8 +84,8 @@ def calibration_sentences(n: int = 300) -> list[str]:
             mod = importlib.import_module(name)
         except ImportError:
             continue
-        docs = [mod.__doc__ or ""] + [getattr(getattr(mod, a, None), "__doc__", "") or "" for a in sorted(dir(mod))]
-        for doc in docs:
+        docs = [mod.__doc__] + [getattr(getattr(mod, a, None), "__doc__", None) for a in sorted(dir(mod))]
+        for doc in (d for d in docs if isinstance(d, str)):
             for sent in re.split(r"(?<=[.!?])\s+", " ".join(doc.split())):
                 words = sent.split()
                 if 6 <= len(words) <= 60 and sent not in seen and not sent.startswith((">>>", "..")):
@@ -109,7 +109,7 @@ def build_encoder() -> SentenceEncoder:
     return SentenceEncoder(transformer).eval()
 
 
-def load(*, cache_dir: Path) -> ModelBundle:  # noqa: ARG001 - pretrained, nothing to cache
+def load(*, cache_dir: Path) -> ModelBundle:
     model = build_encoder()
     evals = encode(eval_sentences())
     with torch.no_grad():

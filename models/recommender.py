@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from edgekit_models._train import cached_state, fit
 from torch import nn
 
 from edgekit.bundle import ModelBundle
-from edgekit_models._train import cached_state, fit
 
 CARDINALITIES = (2000, 5000, 64, 16)  # user, item, item category, context (device/locale)
 N_DENSE = 8

@@ -10,7 +10,9 @@ import typer
 from edgekit.cli._console import err, out, stdout_to_stderr
 
 
-def demo(out_dir: Annotated[Path, typer.Option("--out", help="where the demo writes its outputs")] = Path("demo-out")) -> None:
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="where the demo writes its outputs")] = Path("demo-out"),
+) -> None:
     """Train the digits CNN, prune + quantize it for x86-64-generic, and show the per-step report."""
     from edgekit.build import run_package
     from edgekit.cli.package import render_candidates, render_steps
@@ -25,12 +27,22 @@ def demo(out_dir: Annotated[Path, typer.Option("--out", help="where the demo wri
         err.rule(f"{model}: {recipe.name}")
         with stdout_to_stderr():
             result = run_package(
-                model, profile="x86-64-generic", recipe=recipe, out=out_dir / name, progress=lambda m: err.print(f"· {m}")
+                model,
+                profile="x86-64-generic",
+                recipe=recipe,
+                out=out_dir / name,
+                progress=lambda m: err.print(f"· {m}"),
             )
         out.print(render_steps(result))
     err.rule("digits_cnn: --auto")
     with stdout_to_stderr():
-        result = run_package("digits_cnn", profile="x86-64-generic", auto=True, out=out_dir / "digits-auto", progress=lambda m: err.print(f"· {m}"))
+        result = run_package(
+            "digits_cnn",
+            profile="x86-64-generic",
+            auto=True,
+            out=out_dir / "digits-auto",
+            progress=lambda m: err.print(f"· {m}"),
+        )
     out.print(render_candidates(result.candidates or []))
     out.print(render_steps(result))
     out.print(f"demo outputs in {out_dir.resolve()}", highlight=False)

@@ -18,7 +18,19 @@ def render_steps(result: Any) -> Any:
     from rich.table import Table
 
     table = Table(title=f"{result.model} -> {result.profile} ({result.runtime}, {result.precision})")
-    for col in ("step", "params", "param red.", "MACs", "compute red.", "size", "p50 ms", "latency on", "metric", "drop", "gate"):
+    for col in (
+        "step",
+        "params",
+        "param red.",
+        "MACs",
+        "compute red.",
+        "size",
+        "p50 ms",
+        "latency on",
+        "metric",
+        "drop",
+        "gate",
+    ):
         table.add_column(col, justify="left" if col in {"step", "latency on", "gate"} else "right")
     for s in result.steps:
         table.add_row(
@@ -47,12 +59,16 @@ def render_candidates(rows: list[dict[str, Any]]) -> Any:
 
 
 def package(
-    model: Annotated[str, typer.Argument(help="digits_cnn | recommender | minilm | module:function | path/to/model.onnx")],
+    model: Annotated[
+        str, typer.Argument(help="digits_cnn | recommender | minilm | module:function | path/to/model.onnx")
+    ],
     profile: Annotated[str, typer.Option(help="device profile name or YAML path")],
     out_dir: Annotated[Path, typer.Option("--out", help="output directory (replaced only on success)")],
     recipe: Annotated[Path | None, typer.Option(help="recipe YAML")] = None,
     auto: Annotated[bool, typer.Option("--auto", help="search candidate recipes for the profile")] = False,
-    only: Annotated[str | None, typer.Option(help="with --auto: comma-separated candidates to try (fp32 parents always run)")] = None,
+    only: Annotated[
+        str | None, typer.Option(help="with --auto: comma-separated candidates to try (fp32 parents always run)")
+    ] = None,
     data: Annotated[Path | None, typer.Option(help="for an .onnx MODEL: .npz with one array per input")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the resolved plan and exit")] = False,
     fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",

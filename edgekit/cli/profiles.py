@@ -26,7 +26,15 @@ def list_cmd(fmt: Format = "table") -> None:
 
     table = Table("name", "arch", "cores", "memory", "runtimes (preferred first)", "precisions", "tolerance")
     for p in profiles:
-        table.add_row(p.name, p.arch, str(p.cores), f"{p.memory_mb} MB", ", ".join(p.runtimes), ", ".join(p.precisions), f"{p.accuracy_tolerance:.1%}")
+        table.add_row(
+            p.name,
+            p.arch,
+            str(p.cores),
+            f"{p.memory_mb} MB",
+            ", ".join(p.runtimes),
+            ", ".join(p.precisions),
+            f"{p.accuracy_tolerance:.1%}",
+        )
     out.print(table)
 
 

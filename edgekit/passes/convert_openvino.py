@@ -36,7 +36,7 @@ class ConvertOpenVino(Pass):
             if static:
                 model.reshape({name: list(arr.shape) for name, arr in bundle.example.items()})
             ov.save_model(model, str(path), compress_to_fp16=False)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             raise PassFailed(f"OpenVINO could not convert the ONNX model: {first}; try runtime: onnxruntime") from None
         result = artifact.evolve(

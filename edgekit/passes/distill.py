@@ -34,7 +34,9 @@ def _build_student(cfg: DistillConfig) -> Any:
     try:
         factory = getattr(importlib.import_module(module_name), func)
     except (ImportError, AttributeError, ValueError):
-        raise PassNotApplicable(f"distill: cannot import student {cfg.student!r}; use 'package.module:function'") from None
+        raise PassNotApplicable(
+            f"distill: cannot import student {cfg.student!r}; use 'package.module:function'"
+        ) from None
     return factory(**cfg.student_kwargs)
 
 
@@ -54,8 +56,10 @@ class Distill(Pass):
         with torch.no_grad():
             try:
                 s_out, t_out = student.eval()(*example), artifact.module(*example)
-            except Exception as exc:  # noqa: BLE001
-                raise PassNotApplicable(f"distill: student {cfg.student!r} does not accept the model's inputs: {exc}") from None
+            except Exception as exc:
+                raise PassNotApplicable(
+                    f"distill: student {cfg.student!r} does not accept the model's inputs: {exc}"
+                ) from None
         if s_out.shape != t_out.shape:
             raise PassNotApplicable(
                 f"distill: student output shape {tuple(s_out.shape)} differs from the teacher's {tuple(t_out.shape)}"

@@ -53,7 +53,7 @@ class ExportOnnx(Pass):
                     dynamo=False,
                 )
             onnx.checker.check_model(str(path))
-        except Exception as exc:  # noqa: BLE001 - any exporter failure is the user's model, reported in one line
+        except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             raise ExportFailed(
                 f"model {bundle.name!r} does not export to ONNX (opset {cfg.opset}): {first}; "

@@ -40,9 +40,12 @@ class Fp16(Pass):
 
             path = step / "model.xml"
             ov.save_model(ov.Core().read_model(str(artifact.path)), str(path), compress_to_fp16=True)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             raise PassFailed(f"fp16 conversion failed: {first}") from None
         return artifact.evolve(
-            path=path, precision="fp16", runtime_config={"INFERENCE_PRECISION_HINT": "f16"}, notes={"precision_hint": "f16"}
+            path=path,
+            precision="fp16",
+            runtime_config={"INFERENCE_PRECISION_HINT": "f16"},
+            notes={"precision_hint": "f16"},
         )

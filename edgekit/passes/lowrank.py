@@ -33,9 +33,9 @@ class LowRankConfig(PassConfig):
         return self
 
 
-def _rank(s, cfg: LowRankConfig) -> int:  # noqa: ANN001
+def _rank(s, cfg: LowRankConfig) -> int:
     if cfg.rank_ratio is not None:
-        return max(1, int(round(cfg.rank_ratio * len(s))))
+        return max(1, round(cfg.rank_ratio * len(s)))
     energy = (s**2).cumsum(0) / (s**2).sum()
     return int((energy < cfg.energy).sum().item()) + 1
 
@@ -45,7 +45,7 @@ class LowRank(Pass):
     Config = LowRankConfig
     accepts = ("torch",)
 
-    def _candidates(self, module):  # noqa: ANN001, ANN202
+    def _candidates(self, module):
         from torch import nn
 
         cfg: LowRankConfig = self.config  # type: ignore[assignment]
@@ -64,7 +64,8 @@ class LowRank(Pass):
     def check(self, bundle: ModelBundle, artifact: Artifact, ctx: PassContext) -> None:
         if not self._candidates(artifact.module):
             raise PassNotApplicable(
-                f"lowrank found no Linear or 1x1 Conv layer with >= {self.config.min_features} features in {bundle.name!r}"
+                f"lowrank found no Linear or 1x1 Conv layer with >= {self.config.min_features} "
+                f"features in {bundle.name!r}"
             )
 
     def run(self, bundle: ModelBundle, artifact: Artifact, ctx: PassContext) -> Artifact:

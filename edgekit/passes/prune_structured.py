@@ -69,7 +69,7 @@ class PruneStructured(Pass):
             pruner.step()
             with torch.no_grad():
                 module(*example)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             raise PassFailed(f"structured pruning could not trace {bundle.name!r}: {first}") from None
         after = sum(p.numel() for p in module.parameters())

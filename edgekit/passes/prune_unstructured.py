@@ -27,7 +27,7 @@ class PruneUnstructured(Pass):
     Config = PruneUnstructuredConfig
     accepts = ("torch",)
 
-    def _targets(self, module):  # noqa: ANN001, ANN202
+    def _targets(self, module):
         from torch import nn
 
         cfg: PruneUnstructuredConfig = self.config  # type: ignore[assignment]

@@ -41,7 +41,9 @@ class QuantizeOpenVino(Pass):
         cfg: QuantizeOpenVinoConfig = self.config  # type: ignore[assignment]
         model = ov.Core().read_model(str(artifact.path))
         calibration = nncf.Dataset(bundle.calibration)
-        transformer = cfg.model_type == "transformer" or (cfg.model_type == "auto" and bundle.model_type == "transformer")
+        transformer = cfg.model_type == "transformer" or (
+            cfg.model_type == "auto" and bundle.model_type == "transformer"
+        )
         kwargs = {
             "subset_size": min(cfg.subset_size, len(bundle.calibration)),
             "fast_bias_correction": cfg.fast_bias_correction,
@@ -51,7 +53,9 @@ class QuantizeOpenVino(Pass):
             ),
         }
         if cfg.ignored_names or cfg.ignored_types:
-            kwargs["ignored_scope"] = nncf.IgnoredScope(names=cfg.ignored_names, types=cfg.ignored_types, validate=False)
+            kwargs["ignored_scope"] = nncf.IgnoredScope(
+                names=cfg.ignored_names, types=cfg.ignored_types, validate=False
+            )
         if cfg.smooth_quant_alpha is not None:
             kwargs["advanced_parameters"] = nncf.AdvancedQuantizationParameters(
                 smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=cfg.smooth_quant_alpha)
@@ -61,7 +65,7 @@ class QuantizeOpenVino(Pass):
                 quantized = nncf.quantize(model, calibration, **kwargs)
             else:
 
-                def validate(compiled, data) -> float:  # noqa: ANN001 - NNCF's callback signature
+                def validate(compiled, data) -> float:
                     outs = [np.array(compiled(feed)[0]) for feed in data]
                     return float(bundle.score(np.concatenate(outs, axis=0)))
 
@@ -74,7 +78,7 @@ class QuantizeOpenVino(Pass):
                     drop_type=nncf.DropType.RELATIVE,
                     **kwargs,
                 )
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             raise PassFailed(f"NNCF quantization failed: {first}") from None
         path = ctx.step_dir(self.name) / "model.xml"

@@ -64,7 +64,7 @@ class QuantizeOrt(Pass):
                 feeds = iter(bundle.calibration[: cfg.calibration_samples])
 
                 class Reader(CalibrationDataReader):
-                    def get_next(self):  # noqa: ANN202 - ORT's interface
+                    def get_next(self):
                         return next(feeds, None)
 
                 method = {
@@ -85,7 +85,7 @@ class QuantizeOrt(Pass):
                     op_types_to_quantize=cfg.op_types,
                     nodes_to_exclude=cfg.exclude_nodes,
                 )
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             raise PassFailed(f"ONNX Runtime {cfg.mode} quantization failed: {first}") from None
         for tmp in step.glob("*.onnx"):

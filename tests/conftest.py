@@ -1,0 +1,58 @@
+"""Shared fixtures: real models trained once per machine (cached), a short latency budget, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# Trained weights are cached between runs; the cache key includes the model source, so edits retrain.
+os.environ.setdefault("EDGEKIT_CACHE", str(ROOT / ".pytest_cache" / "edgekit"))
+# Tests check correctness, not timings: a short latency loop keeps the suite fast.
+os.environ.setdefault("EDGEKIT_LATENCY_SECONDS", "0.05")
+sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from edgekit.modelsrc import load_model
+
+    return load_model("digits_cnn")
+
+
+@pytest.fixture(scope="session")
+def recommender():
+    from edgekit.modelsrc import load_model
+
+    return load_model("recommender")
+
+
+@pytest.fixture(scope="session")
+def x86():
+    from edgekit.profiles import load_profile
+
+    return load_profile("x86-64-generic")
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the real ``edgekit`` entry point in-process: returns (exit code, stdout, stderr)."""
+    from edgekit.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        old = sys.argv
+        sys.argv = ["edgekit", *map(str, args)]
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            sys.argv = old
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run

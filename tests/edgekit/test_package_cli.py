@@ -1,0 +1,259 @@
+"""``edgekit package`` end to end through the real CLI entry point: acceptance numbers and bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+RECIPES = Path(__file__).resolve().parents[2] / "models" / "recipes"
+pytestmark = pytest.mark.integration
+
+
+def package_json(cli, *args):
+    code, out, err = cli("package", *args, "--format", "json")
+    assert code == 0, err
+    return json.loads(out)  # stdout holds exactly one JSON object, nothing else
+
+
+def by_name(report):
+    return {s["name"]: s for s in report["steps"]}
+
+
+def test_digits_static_int8_keeps_accuracy_and_shrinks_3_5x(cli, tmp_path, digits):
+    report = package_json(
+        cli,
+        "digits_cnn",
+        "--profile",
+        "x86-64-generic",
+        "--recipe",
+        RECIPES / "digits_int8_static.yaml",
+        "--out",
+        tmp_path / "o",
+    )
+    steps = by_name(report)
+    assert report["precision"] == "int8" and report["runtime"] == "onnxruntime:CPUExecutionProvider"
+    assert steps["baseline"]["metric"] - steps["quantize_ort"]["metric"] <= 0.005  # <= 0.5 pp
+    assert steps["export_onnx"]["size_bytes"] / steps["quantize_ort"]["size_bytes"] >= 3.5
+    assert all(s["gate"] in {"baseline", "passed"} for s in report["steps"])
+    for key in (
+        "name",
+        "params",
+        "param_reduction",
+        "macs",
+        "compute_reduction",
+        "size_bytes",
+        "latency_ms",
+        "metric_name",
+        "metric",
+        "performance_drop",
+        "gate",
+    ):
+        assert key in report["steps"][-1]
+    files = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert files == ["model.onnx", "report.json"]
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["steps"] == report["steps"]
+
+
+def test_digits_structured_pruning_halves_compute_within_1pp(cli, tmp_path):
+    report = package_json(
+        cli,
+        "digits_cnn",
+        "--profile",
+        "x86-64-generic",
+        "--recipe",
+        RECIPES / "digits_prune50.yaml",
+        "--out",
+        tmp_path / "o",
+    )
+    steps = by_name(report)
+    assert steps["baseline"]["metric"] - steps["export_onnx"]["metric"] <= 0.01
+    assert steps["prune_structured"]["compute_reduction"] >= 0.5
+    assert steps["prune_structured"]["param_reduction"] >= 0.5
+
+
+def test_recommender_int8_ndcg_drop_within_1_percent(cli, tmp_path):
+    report = package_json(
+        cli,
+        "recommender",
+        "--profile",
+        "x86-64-generic",
+        "--recipe",
+        RECIPES / "recommender_int8_dynamic.yaml",
+        "--out",
+        tmp_path / "o",
+    )
+    last = report["steps"][-1]
+    assert last["metric_name"] == "ndcg@10" and last["precision"] == "int8"
+    assert last["performance_drop"] <= 0.01
+    assert "auc" in last["extra_metrics"]
+
+
+def test_auto_picks_a_candidate_within_tolerance_and_never_an_int8_slower_than_fp32(cli, tmp_path):
+    report = package_json(cli, "digits_cnn", "--profile", "x86-64-generic", "--auto", "--out", tmp_path / "o")
+    rows = {c["name"]: c for c in report["candidates"]}
+    chosen = rows[report["chosen"]]
+    assert chosen["status"] == "ok" and chosen["performance_drop"] <= 0.01
+    assert chosen["latency_ms"] == min(r["latency_ms"] for r in rows.values() if r["status"] == "ok")
+    for row in rows.values():
+        parent = rows[f"{row['runtime']}-fp32"]
+        if row["status"] == "ok" and row["precision"] != "fp32":
+            assert row["latency_ms"] <= parent["latency_ms"]
+        if row["status"] == "slower-than-fp32":
+            assert row["latency_ms"] > parent["latency_ms"]
+
+
+def test_dry_run_prints_the_plan_without_writing(cli, tmp_path):
+    code, out, _ = cli(
+        "package",
+        "digits_cnn",
+        "--profile",
+        "x86-64-generic",
+        "--recipe",
+        RECIPES / "digits_prune50_int8.yaml",
+        "--out",
+        tmp_path / "o",
+        "--dry-run",
+    )
+    assert code == 0
+    assert "prune_structured -> export_onnx -> quantize_ort" in out
+    assert not (tmp_path / "o").exists()
+
+
+def test_onnx_file_model_is_packaged_with_an_output_fidelity_metric(cli, tmp_path):
+    fp32 = tmp_path / "fp32.yaml"
+    fp32.write_text("runtime: onnxruntime\npasses: []\n")
+    package_json(cli, "digits_cnn", "--profile", "x86-64-generic", "--recipe", fp32, "--out", tmp_path / "a")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("runtime: onnxruntime\npasses:\n  - {type: quantize_ort, mode: static}\n")
+    report = package_json(
+        cli, tmp_path / "a" / "model.onnx", "--profile", "x86-64-generic", "--recipe", recipe, "--out", tmp_path / "b"
+    )
+    assert [s["name"] for s in report["steps"]] == ["baseline", "quantize_ort"]
+    assert report["steps"][0]["metric_name"] == "output_cosine"
+    assert report["steps"][1]["metric"] > 0.99 and report["precision"] == "int8"
+
+
+def test_quantizing_an_already_quantized_onnx_model_is_a_clean_error(cli, tmp_path):
+    package_json(
+        cli,
+        "digits_cnn",
+        "--profile",
+        "x86-64-generic",
+        "--recipe",
+        RECIPES / "digits_int8_static.yaml",
+        "--out",
+        tmp_path / "a",
+    )
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("runtime: onnxruntime\npasses:\n  - {type: quantize_ort, mode: dynamic}\n")
+    code, _, err = cli(
+        "package",
+        tmp_path / "a" / "model.onnx",
+        "--profile",
+        "x86-64-generic",
+        "--recipe",
+        recipe,
+        "--out",
+        tmp_path / "b",
+    )
+    assert code != 0 and "PassFailed" in err and "Traceback" not in err
+
+
+# --- bad input: one line on stderr, exit code != 0, the previous output untouched -------------------------
+
+
+def fails(cli, *args):
+    code, _out, err = cli("package", *args)
+    assert code != 0
+    assert "Traceback" not in err
+    assert len([line for line in err.strip().splitlines() if "error" in line]) == 1, err
+    return err
+
+
+def test_unknown_profile(cli, tmp_path):
+    assert "ProfileNotFound" in fails(cli, "digits_cnn", "--profile", "rpi9", "--auto", "--out", tmp_path / "o")
+
+
+def test_unknown_recipe_key(cli, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("passes:\n  - {type: quantize_ort, calibraton: minmax}\n")
+    err = fails(cli, "digits_cnn", "--profile", "x86-64-generic", "--recipe", recipe, "--out", tmp_path / "o")
+    assert "RecipeInvalid" in err and "calibraton" in err
+
+
+def test_pass_not_applicable_to_the_model(cli, tmp_path):
+    onnx_in = tmp_path / "m.onnx"
+    import torch
+    from usermodels import small_mlp
+
+    module, inputs = small_mlp()
+    torch.onnx.export(module, (torch.from_numpy(inputs["x"][:1]),), str(onnx_in), input_names=["x"], dynamo=False)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("passes:\n  - {type: prune_structured, ratio: 0.5}\n")
+    err = fails(cli, onnx_in, "--profile", "x86-64-generic", "--recipe", recipe, "--out", tmp_path / "o")
+    assert "PassNotApplicable" in err and "needs a torch model" in err
+
+
+def test_model_that_fails_to_export(cli, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("runtime: onnxruntime\npasses: []\n")
+    err = fails(
+        cli, "usermodels:not_exportable", "--profile", "x86-64-generic", "--recipe", recipe, "--out", tmp_path / "o"
+    )
+    assert "ExportFailed" in err
+
+
+def test_gate_failure_leaves_the_previous_output_untouched(cli, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "model.onnx").write_bytes(b"previous good model")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "runtime: onnxruntime\ntolerance: 0.005\npasses:\n  - {type: prune_unstructured, sparsity: 0.98}\n"
+    )
+    err = fails(cli, "digits_cnn", "--profile", "x86-64-generic", "--recipe", recipe, "--out", out)
+    assert "GateFailed" in err and "prune_unstructured" in err
+    assert (out / "model.onnx").read_bytes() == b"previous good model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "r.yaml"]  # no staging leftovers
+
+
+def test_gate_failure_with_on_fail_skip_records_the_skip(cli, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "runtime: onnxruntime\ntolerance: 0.005\npasses:\n"
+        "  - {type: prune_unstructured, sparsity: 0.98, on_fail: skip}\n  - {type: quantize_ort, mode: static}\n"
+    )
+    code, out, err = cli(
+        "package",
+        "digits_cnn",
+        "--profile",
+        "x86-64-generic",
+        "--recipe",
+        recipe,
+        "--out",
+        tmp_path / "o",
+        "--format",
+        "json",
+    )
+    assert code == 0, err
+    steps = by_name(json.loads(out))
+    assert steps["prune_unstructured"]["gate"] == "skipped"
+    assert (
+        steps["quantize_ort"]["gate"] == "passed"
+        and steps["quantize_ort"]["params"] > steps["prune_unstructured"]["params"]
+    )
+
+
+def test_unwritable_output_dir(cli, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    err = fails(cli, "digits_cnn", "--profile", "x86-64-generic", "--auto", "--out", blocker / "out")
+    assert "OutputNotWritable" in err
+
+
+def test_neither_recipe_nor_auto(cli, tmp_path):
+    assert "RecipeInvalid" in fails(cli, "digits_cnn", "--profile", "x86-64-generic", "--out", tmp_path / "o")
+
+
+def test_unknown_model(cli, tmp_path):
+    assert "ModelNotFound" in fails(cli, "resnet9000", "--profile", "x86-64-generic", "--auto", "--out", tmp_path / "o")
