@@ -26,7 +26,7 @@ demo: install
 	$(VENV)/bin/edgekit demo
 
 bench: install
-	$(PY) -m edgekit.bench --out docs/benchmarks.md
+	$(PY) -m edgekit.bench --out docs/benchmarks.md --results docs/bench-results
 
 lint: install
 	$(VENV)/bin/ruff format --check .
