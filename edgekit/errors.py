@@ -6,6 +6,9 @@ and never a traceback for these.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 
 class EdgekitError(Exception):
     """Base of every error a user can cause and fix; ``exit_code`` is what the CLI returns."""
@@ -55,3 +58,36 @@ class OutputNotWritable(EdgekitError):
 
 class NoCandidate(EdgekitError):
     exit_code = 3
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of a library's exception: enough to name the problem in a one-line error."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
+
+
+def describe_validation(exc: Any) -> str:
+    """A pydantic ValidationError as ``where: what`` pairs, naming unknown keys so typos are obvious."""
+    parts = []
+    for e in exc.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            parts.append(f"{where}: unknown key (remove it or check its spelling)")
+        else:
+            parts.append(f"{where}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def load_yaml(path: Path, error: type[EdgekitError], what: str) -> Any:
+    """Parse a YAML file, turning every failure into ``error`` with the line number and the fix."""
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{what} file {path} does not exist; pass an existing YAML file") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise error(f"{path}: not valid YAML{where}; fix the syntax") from None

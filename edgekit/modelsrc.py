@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.bundle import Feed, ModelBundle, split_batches
-from edgekit.errors import ModelNotFound
+from edgekit.errors import ModelNotFound, first_line
 
 
 def cache_dir() -> Path:
@@ -89,7 +89,7 @@ def load_onnx(path: Path, *, data: Path | None = None) -> ModelBundle:
         onnx.checker.check_model(str(path))
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        first = first_line(exc, 200)
         raise ModelNotFound(f"{path} is not a loadable ONNX model: {first}") from None
     if data is not None:
         loaded = np.load(data)

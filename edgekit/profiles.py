@@ -16,7 +16,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edgekit.errors import ProfileInvalid, ProfileNotFound
+from edgekit.errors import ProfileInvalid, ProfileNotFound, describe_validation, load_yaml
 
 RUNTIMES = {"onnxruntime", "openvino"}
 _RUNTIME_RE = re.compile(r"^(onnxruntime|openvino):[A-Za-z0-9_.]+$")
@@ -99,30 +99,14 @@ def profiles_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "devices"
 
 
-def _format_validation(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = "unknown key (remove it or check its spelling)" if e["type"] == "extra_forbidden" else e["msg"]
-        parts.append(f"{where}: {msg}")
-    return "; ".join(parts)
-
-
 def load_profile_file(path: Path) -> DeviceProfile:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ProfileInvalid(f"{path}: not valid YAML{where}; fix the syntax") from None
-    except OSError as exc:
-        raise ProfileNotFound(f"cannot read profile file {path}: {exc.strerror}") from None
+    data = load_yaml(path, ProfileInvalid, "profile")
     if not isinstance(data, dict):
         raise ProfileInvalid(f"{path}: a profile must be a YAML mapping of keys to values")
     try:
         return DeviceProfile.model_validate(data)
     except ValidationError as exc:
-        raise ProfileInvalid(f"{path}: {_format_validation(exc)}") from None
+        raise ProfileInvalid(f"{path}: {describe_validation(exc)}") from None
 
 
 def list_profiles() -> list[DeviceProfile]:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edgekit.errors import RecipeInvalid
+from edgekit.errors import RecipeInvalid, describe_validation, load_yaml
 from edgekit.passes.base import PassConfig
 
 
@@ -41,19 +40,8 @@ class Recipe(BaseModel):
             try:
                 out.append(REGISTRY[kind].Config.model_validate(item))
             except ValidationError as exc:
-                raise ValueError(f"pass #{i + 1} ({kind}): {_errors(exc)}") from None
+                raise ValueError(f"pass #{i + 1} ({kind}): {describe_validation(exc)}") from None
         return out
-
-
-def _errors(exc: ValidationError) -> str:
-    parts = []
-    for e in exc.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            parts.append(f"unknown key {where!r} (remove it or check its spelling)")
-        else:
-            parts.append(f"{where}: {e['msg']}")
-    return "; ".join(parts)
 
 
 def parse_recipe(data: Any, *, source: str = "recipe") -> Recipe:
@@ -62,17 +50,10 @@ def parse_recipe(data: Any, *, source: str = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        raise RecipeInvalid(f"{source}: {_errors(exc)}") from None
+        raise RecipeInvalid(f"{source}: {describe_validation(exc)}") from None
 
 
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise RecipeInvalid(f"recipe file {path} does not exist; pass an existing YAML file to --recipe") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise RecipeInvalid(f"{path}: not valid YAML{where}; fix the syntax") from None
+    data = load_yaml(path, RecipeInvalid, "recipe")
     return parse_recipe(data, source=str(path))

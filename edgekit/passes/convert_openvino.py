@@ -6,7 +6,7 @@ from typing import Literal
 
 from edgekit.artifact import Artifact
 from edgekit.bundle import ModelBundle
-from edgekit.errors import PassFailed
+from edgekit.errors import PassFailed, first_line
 from edgekit.passes.base import Pass, PassConfig, PassContext
 
 
@@ -37,7 +37,7 @@ class ConvertOpenVino(Pass):
                 model.reshape({name: list(arr.shape) for name, arr in bundle.example.items()})
             ov.save_model(model, str(path), compress_to_fp16=False)
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            first = first_line(exc, 300)
             raise PassFailed(f"OpenVINO could not convert the ONNX model: {first}; try runtime: onnxruntime") from None
         result = artifact.evolve(
             kind="openvino",

@@ -12,7 +12,7 @@ import numpy as np
 
 from edgekit.artifact import Artifact
 from edgekit.bundle import ModelBundle
-from edgekit.errors import ExportFailed
+from edgekit.errors import ExportFailed, first_line
 from edgekit.passes.base import Pass, PassConfig, PassContext
 
 
@@ -54,7 +54,7 @@ class ExportOnnx(Pass):
                 )
             onnx.checker.check_model(str(path))
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            first = first_line(exc, 300)
             raise ExportFailed(
                 f"model {bundle.name!r} does not export to ONNX (opset {cfg.opset}): {first}; "
                 "make forward() traceable (tensor inputs/outputs, no data-dependent Python control flow) "

@@ -10,7 +10,7 @@ from typing import Literal
 
 from edgekit.artifact import Artifact
 from edgekit.bundle import ModelBundle
-from edgekit.errors import PassFailed
+from edgekit.errors import PassFailed, first_line
 from edgekit.passes.base import Pass, PassConfig, PassContext
 
 
@@ -41,7 +41,7 @@ class Fp16(Pass):
             path = step / "model.xml"
             ov.save_model(ov.Core().read_model(str(artifact.path)), str(path), compress_to_fp16=True)
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            first = first_line(exc, 300)
             raise PassFailed(f"fp16 conversion failed: {first}") from None
         return artifact.evolve(
             path=path,

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from edgekit.artifact import Artifact
 from edgekit.bundle import ModelBundle
-from edgekit.errors import PassFailed, PassNotApplicable
+from edgekit.errors import PassFailed, PassNotApplicable, first_line
 from edgekit.passes import _training
 from edgekit.passes.base import Pass, PassConfig, PassContext
 
@@ -70,7 +70,7 @@ class PruneStructured(Pass):
             with torch.no_grad():
                 module(*example)
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            first = first_line(exc, 300)
             raise PassFailed(f"structured pruning could not trace {bundle.name!r}: {first}") from None
         after = sum(p.numel() for p in module.parameters())
         if after >= before:

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from edgekit.artifact import Artifact
 from edgekit.bundle import ModelBundle
-from edgekit.errors import PassFailed
+from edgekit.errors import PassFailed, first_line
 from edgekit.passes.base import Pass, PassConfig, PassContext
 
 
@@ -79,7 +79,7 @@ class QuantizeOpenVino(Pass):
                     **kwargs,
                 )
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            first = first_line(exc, 300)
             raise PassFailed(f"NNCF quantization failed: {first}") from None
         path = ctx.step_dir(self.name) / "model.xml"
         ov.save_model(quantized, str(path), compress_to_fp16=False)

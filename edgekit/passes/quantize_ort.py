@@ -8,7 +8,7 @@ from pydantic import Field
 
 from edgekit.artifact import Artifact
 from edgekit.bundle import ModelBundle
-from edgekit.errors import PassFailed
+from edgekit.errors import PassFailed, first_line
 from edgekit.passes.base import Pass, PassConfig, PassContext
 
 
@@ -86,7 +86,7 @@ class QuantizeOrt(Pass):
                     nodes_to_exclude=cfg.exclude_nodes,
                 )
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            first = first_line(exc, 300)
             raise PassFailed(f"ONNX Runtime {cfg.mode} quantization failed: {first}") from None
         for tmp in step.glob("*.onnx"):
             if tmp.name != "model.onnx":
