@@ -15,21 +15,17 @@ def package_json(cli, *args):
     return json.loads(out)  # stdout holds exactly one JSON object, nothing else
 
 
+def package_x86(cli, model, recipe, out):
+    """Package ``model`` with ``recipe`` for x86-64-generic and return the JSON report."""
+    return package_json(cli, model, "--profile", "x86-64-generic", "--recipe", recipe, "--out", out)
+
+
 def by_name(report):
     return {s["name"]: s for s in report["steps"]}
 
 
 def test_digits_static_int8_keeps_accuracy_and_shrinks_3_5x(cli, tmp_path, digits):
-    report = package_json(
-        cli,
-        "digits_cnn",
-        "--profile",
-        "x86-64-generic",
-        "--recipe",
-        RECIPES / "digits_int8_static.yaml",
-        "--out",
-        tmp_path / "o",
-    )
+    report = package_x86(cli, "digits_cnn", RECIPES / "digits_int8_static.yaml", tmp_path / "o")
     steps = by_name(report)
     assert report["precision"] == "int8" and report["runtime"] == "onnxruntime:CPUExecutionProvider"
     assert steps["baseline"]["metric"] - steps["quantize_ort"]["metric"] <= 0.005  # <= 0.5 pp
@@ -55,16 +51,7 @@ def test_digits_static_int8_keeps_accuracy_and_shrinks_3_5x(cli, tmp_path, digit
 
 
 def test_digits_structured_pruning_halves_compute_within_1pp(cli, tmp_path):
-    report = package_json(
-        cli,
-        "digits_cnn",
-        "--profile",
-        "x86-64-generic",
-        "--recipe",
-        RECIPES / "digits_prune50.yaml",
-        "--out",
-        tmp_path / "o",
-    )
+    report = package_x86(cli, "digits_cnn", RECIPES / "digits_prune50.yaml", tmp_path / "o")
     steps = by_name(report)
     assert steps["baseline"]["metric"] - steps["export_onnx"]["metric"] <= 0.01
     assert steps["prune_structured"]["compute_reduction"] >= 0.5
@@ -72,16 +59,7 @@ def test_digits_structured_pruning_halves_compute_within_1pp(cli, tmp_path):
 
 
 def test_recommender_int8_ndcg_drop_within_1_percent(cli, tmp_path):
-    report = package_json(
-        cli,
-        "recommender",
-        "--profile",
-        "x86-64-generic",
-        "--recipe",
-        RECIPES / "recommender_int8_dynamic.yaml",
-        "--out",
-        tmp_path / "o",
-    )
+    report = package_x86(cli, "recommender", RECIPES / "recommender_int8_dynamic.yaml", tmp_path / "o")
     last = report["steps"][-1]
     assert last["metric_name"] == "ndcg@10" and last["precision"] == "int8"
     assert last["performance_drop"] <= 0.01
@@ -122,28 +100,17 @@ def test_dry_run_prints_the_plan_without_writing(cli, tmp_path):
 def test_onnx_file_model_is_packaged_with_an_output_fidelity_metric(cli, tmp_path):
     fp32 = tmp_path / "fp32.yaml"
     fp32.write_text("runtime: onnxruntime\npasses: []\n")
-    package_json(cli, "digits_cnn", "--profile", "x86-64-generic", "--recipe", fp32, "--out", tmp_path / "a")
+    package_x86(cli, "digits_cnn", fp32, tmp_path / "a")
     recipe = tmp_path / "r.yaml"
     recipe.write_text("runtime: onnxruntime\npasses:\n  - {type: quantize_ort, mode: static}\n")
-    report = package_json(
-        cli, tmp_path / "a" / "model.onnx", "--profile", "x86-64-generic", "--recipe", recipe, "--out", tmp_path / "b"
-    )
+    report = package_x86(cli, tmp_path / "a" / "model.onnx", recipe, tmp_path / "b")
     assert [s["name"] for s in report["steps"]] == ["baseline", "quantize_ort"]
     assert report["steps"][0]["metric_name"] == "output_cosine"
     assert report["steps"][1]["metric"] > 0.99 and report["precision"] == "int8"
 
 
 def test_quantizing_an_already_quantized_onnx_model_is_a_clean_error(cli, tmp_path):
-    package_json(
-        cli,
-        "digits_cnn",
-        "--profile",
-        "x86-64-generic",
-        "--recipe",
-        RECIPES / "digits_int8_static.yaml",
-        "--out",
-        tmp_path / "a",
-    )
+    package_x86(cli, "digits_cnn", RECIPES / "digits_int8_static.yaml", tmp_path / "a")
     recipe = tmp_path / "r.yaml"
     recipe.write_text("runtime: onnxruntime\npasses:\n  - {type: quantize_ort, mode: dynamic}\n")
     code, _, err = cli(
