@@ -6,6 +6,7 @@ previous good output.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -15,8 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgekit.auto import CandidateResult, candidates, choose
 from edgekit.bundle import ModelBundle
+from edgekit.edgepkg import Signing
 from edgekit.errors import EdgekitError, GateFailed, NoCandidate, OutputNotWritable, RecipeInvalid
 from edgekit.passes import PassContext
 from edgekit.pipeline import Progress, Step, baseline_artifact, execute, measure, plan, runtime_device, target_runtime
@@ -30,7 +34,7 @@ class PackageResult:
     profile: str
     runtime: str
     precision: str
-    output_dir: str
+    output_dir: str | None
     steps: list[Step]
     chosen: str | None
     plan: list[str] = field(default_factory=list)
@@ -38,6 +42,7 @@ class PackageResult:
     threads: int = 1
     dry_run: bool = False
     description: str = ""
+    package_path: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,13 +58,14 @@ class PackageResult:
             "chosen": self.chosen,
             "candidates": self.candidates,
             "model_description": self.description,
+            "package_path": self.package_path,
             "latency_note": "host latency on this machine's CPU, batch as in the model's example, p50 over >=30 runs",
         }
 
 
 def check_writable(out: Path) -> None:
     """Fail before any work when the output cannot be written (a parent that is a file, a read-only mount...)."""
-    if out.exists() and not out.is_dir():
+    if out.exists() and not out.is_dir() and out.suffix != ".edgepkg":
         raise OutputNotWritable(f"--out {out} exists and is not a directory; choose a directory path")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -77,15 +83,76 @@ def _resolve_recipe(recipe: Any) -> Recipe:
     return load_recipe(recipe)
 
 
-def _write_output(out: Path, artifact: Any, report: dict[str, Any]) -> None:
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def stage_files(stage: Path, artifact: Any, bundle: ModelBundle, *, threads: int) -> dict[str, Any]:
+    """Copy the model files and write the smoke-test sample; returns report.json's ``package`` section."""
+    from edgekit.hostrt import io_spec, predictor
+
+    if artifact.kind == "onnx":
+        names = {artifact.path: "model.onnx"} | {p: p.name for p in artifact.files()[1:]}
+        model = {"format": "onnx", "entry": "model.onnx"}
+    else:
+        names = {artifact.path: "model.xml", artifact.path.with_suffix(".bin"): "model.bin"}
+        model = {"format": "openvino-ir", "entry": "model.xml"}
+    for src, name in names.items():
+        shutil.copyfile(src, stage / name)
+    inputs, outputs = io_spec(artifact)
+    example = list(bundle.example.items())
+    feed = {
+        spec["name"]: np.asarray(bundle.example.get(spec["name"], example[i][1])).astype(spec["dtype"])
+        for i, spec in enumerate(inputs)
+    }
+    expected = predictor(artifact, threads=threads)(feed)
+    (stage / "sample").mkdir()
+    sample: dict[str, Any] = {"inputs": [], "outputs": []}
+    for kind, specs, arrays in (("input", inputs, list(feed.values())), ("output", outputs, expected)):
+        for i, (spec, array) in enumerate(zip(specs, arrays, strict=True)):
+            rel = f"sample/{kind}_{i}.npy"
+            (stage / rel).write_bytes(_npy(array))
+            sample[f"{kind}s"].append({"name": spec["name"], "file": rel})
+    # fp32 runs agree to float rounding across CPUs; INT8/fp16 kernels differ more between x86 and ARM.
+    sample["rtol"] = 0.01 if artifact.precision == "fp32" else 0.05
+    sample["atol"] = 1e-5
+    return {
+        "model": model,
+        "files": sorted([*names.values(), *(r["file"] for r in sample["inputs"] + sample["outputs"])]),
+        "inputs": inputs,
+        "outputs": outputs,
+        "sample": sample,
+        "preprocessing": bundle.preprocessing,
+        "postprocessing": bundle.postprocessing,
+    }
+
+
+def _write_output(
+    out: Path,
+    artifact: Any,
+    report: dict[str, Any],
+    bundle: ModelBundle,
+    *,
+    threads: int,
+    signing: Signing | None,
+    package_file: Path | None,
+) -> Path | None:
+    """Stage everything next to ``out``, then swap it in; returns the .edgepkg path when one was signed."""
+    from edgekit.edgepkg import write_edgepkg
+
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        if artifact.kind == "onnx":
-            shutil.copyfile(artifact.path, stage / "model.onnx")
-        else:
-            shutil.copyfile(artifact.path, stage / "model.xml")
-            shutil.copyfile(artifact.path.with_suffix(".bin"), stage / "model.bin")
+        os.chmod(stage, 0o755)  # mkdtemp makes it private; the output is an ordinary directory
+        report["package"] = stage_files(stage, artifact, bundle, threads=threads)
         (stage / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        sealed = None
+        if signing is not None:
+            sealed = write_edgepkg(stage, package_file or stage, signing).path
+        if package_file is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+            return sealed
         old = None
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -93,9 +160,12 @@ def _write_output(out: Path, artifact: Any, report: dict[str, Any]) -> None:
         stage.rename(out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+        return out / sealed.name if sealed is not None else None
     except OSError as exc:
-        shutil.rmtree(stage, ignore_errors=True)
         raise OutputNotWritable(f"writing {out} failed ({exc.strerror}); free space or choose another --out") from None
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def _gate_message(step: Step, profile: DeviceProfile) -> str:
@@ -116,9 +186,14 @@ def run_package(
     dry_run: bool = False,
     data: str | Path | None = None,
     only: list[str] | None = None,
+    sign: Signing | None = None,
     progress: Progress = lambda _msg: None,
 ) -> PackageResult:
-    """Compress and convert ``model`` for ``profile`` and write the result to ``out`` (see module doc)."""
+    """Compress and convert ``model`` for ``profile`` and write the result to ``out`` (see module doc).
+
+    With ``sign``, a signed .edgepkg is written too: inside ``out``, or as ``out`` itself when it ends in
+    ``.edgepkg`` (then no directory is kept).
+    """
     from edgekit.modelsrc import load_model
 
     prof = load_profile(profile) if isinstance(profile, str) else profile
@@ -126,7 +201,14 @@ def run_package(
         raise RecipeInvalid("give exactly one of --recipe R.yaml or --auto")
     rec = _resolve_recipe(recipe) if recipe is not None else None
     out = Path(out)
+    package_file = out if out.suffix == ".edgepkg" else None
+    if package_file is not None and sign is None:
+        raise RecipeInvalid(f"--out {out} names a package file; give --key KEY to sign it (or --out a directory)")
     check_writable(out)
+    if sign is not None:
+        from edgekit.keys import load_signing_key
+
+        load_signing_key(sign.key, passphrase=sign.passphrase)  # a bad key fails now, not after the work
     progress(f"loading model {model if isinstance(model, str) else model.name}")
     bundle = load_model(model, data=Path(data) if data else None) if isinstance(model, str) else model
     threads = min(prof.num_threads, os.cpu_count() or 1)
@@ -238,5 +320,10 @@ def run_package(
         )
         report = result.to_json()
         report["runtime_config"] = best.artifact.runtime_config
-        _write_output(out, best.artifact, report)
+        sealed = _write_output(
+            out, best.artifact, report, bundle, threads=threads, signing=sign, package_file=package_file
+        )
+        if package_file is not None:
+            result.output_dir = None
+        result.package_path = str(sealed.resolve()) if sealed is not None else None
         return result

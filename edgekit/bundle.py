@@ -41,6 +41,9 @@ class ModelBundle:
     extra_metrics: Callable[[np.ndarray], dict[str, float]] | None = None
     model_type: Literal["transformer"] | None = None
     description: str = ""
+    # What a device must do around the model (written into the package manifest for the app that feeds it).
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    postprocessing: dict[str, Any] = field(default_factory=dict)
 
     def predict_all(self, predict: Callable[[Feed], list[np.ndarray]]) -> np.ndarray:
         return np.concatenate([predict(feed)[0] for feed in self.eval_feeds], axis=0)

@@ -91,3 +91,19 @@ def load_yaml(path: Path, error: type[EdgekitError], what: str) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise error(f"{path}: not valid YAML{where}; fix the syntax") from None
+
+
+class KeyExists(EdgekitError):
+    pass
+
+
+class KeyNotFound(EdgekitError):
+    pass
+
+
+class KeyInvalid(EdgekitError):
+    pass
+
+
+class PackageSourceInvalid(EdgekitError):
+    pass

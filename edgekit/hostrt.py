@@ -87,3 +87,55 @@ def latency_ms(predict: Predictor, feed: Feed, *, min_runs: int = 30, seconds: f
             break
     arr = np.array(times)
     return {"p50": float(np.percentile(arr, 50)), "p95": float(np.percentile(arr, 95)), "runs": len(times)}
+
+
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(bool)": "bool",
+}
+
+
+def io_spec(artifact: Artifact) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """Names, dtypes and shapes (None = dynamic) of the artifact's inputs and outputs, as its runtime sees them."""
+    if artifact.kind == "onnx":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        session = ort.InferenceSession(str(artifact.path), opts, providers=["CPUExecutionProvider"])
+
+        def ort_spec(args: list) -> list[dict[str, object]]:
+            return [
+                {
+                    "name": a.name,
+                    "dtype": _ORT_TYPES.get(a.type, a.type),
+                    "shape": [d if isinstance(d, int) else None for d in a.shape],
+                }
+                for a in args
+            ]
+
+        return ort_spec(session.get_inputs()), ort_spec(session.get_outputs())
+    if artifact.kind == "openvino":
+        import openvino as ov
+
+        model = ov.Core().read_model(str(artifact.path))
+
+        def ov_spec(ports: list) -> list[dict[str, object]]:
+            return [
+                {
+                    "name": p.get_any_name(),
+                    "dtype": np.dtype(p.get_element_type().to_dtype()).name,
+                    "shape": [d.get_length() if d.is_static else None for d in p.get_partial_shape()],
+                }
+                for p in ports
+            ]
+
+        return ov_spec(model.inputs), ov_spec(model.outputs)
+    raise ValueError(f"no runtime I/O for a {artifact.kind} artifact")

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from edgekit.cli import _options as opt
 from edgekit.cli._console import err, out, print_json, stdout_to_stderr
 
 
@@ -63,7 +64,9 @@ def package(
         str, typer.Argument(help="digits_cnn | recommender | minilm | module:function | path/to/model.onnx")
     ],
     profile: Annotated[str, typer.Option(help="device profile name or YAML path")],
-    out_dir: Annotated[Path, typer.Option("--out", help="output directory (replaced only on success)")],
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="output directory (replaced only on success), or FILE.edgepkg with --key")
+    ],
     recipe: Annotated[Path | None, typer.Option(help="recipe YAML")] = None,
     auto: Annotated[bool, typer.Option("--auto", help="search candidate recipes for the profile")] = False,
     only: Annotated[
@@ -71,9 +74,16 @@ def package(
     ] = None,
     data: Annotated[Path | None, typer.Option(help="for an .onnx MODEL: .npz with one array per input")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the resolved plan and exit")] = False,
-    fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+    fmt: opt.Format = "table",
+    key: opt.Key = None,
+    name: opt.Name = None,
+    version: opt.Version = None,
+    counter: opt.Counter = None,
+    issued_at: opt.IssuedAt = None,
+    expires_in: opt.ExpiresIn = 365,
 ) -> None:
-    """Compress and convert a model for a device profile; writes model files + report.json into --out."""
+    """Compress and convert a model for a device profile; writes model files, sample/ and report.json into
+    --out, and with --key a signed .edgepkg."""
     from edgekit.build import run_package
 
     def progress(msg: str) -> None:
@@ -89,6 +99,11 @@ def package(
             dry_run=dry_run,
             data=data,
             only=[s.strip() for s in only.split(",")] if only else None,
+            sign=opt.signing(
+                key, name=name, version=version, counter=counter, issued_at=issued_at, expires_in=expires_in
+            )
+            if key
+            else None,
             progress=progress,
         )
     if fmt == "json":
@@ -102,4 +117,7 @@ def package(
     if result.candidates:
         out.print(render_candidates(result.candidates))
     out.print(render_steps(result))
-    out.print(f"wrote {result.output_dir} (chosen: {result.chosen})", highlight=False)
+    if result.output_dir:
+        out.print(f"wrote {result.output_dir} (chosen: {result.chosen})", highlight=False)
+    if result.package_path:
+        out.print(f"signed package {result.package_path}", highlight=False)

@@ -46,7 +46,7 @@ def test_digits_static_int8_keeps_accuracy_and_shrinks_3_5x(cli, tmp_path, digit
     ):
         assert key in report["steps"][-1]
     files = sorted(p.name for p in (tmp_path / "o").iterdir())
-    assert files == ["model.onnx", "report.json"]
+    assert files == ["model.onnx", "report.json", "sample"]
     assert json.loads((tmp_path / "o" / "report.json").read_text())["steps"] == report["steps"]
 
 
