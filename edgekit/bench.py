@@ -1,8 +1,10 @@
-"""``make bench``: the packager's acceptance figures, measured on this machine, written to docs/benchmarks.md.
+"""``make bench``: acceptance figures measured on this machine, written to docs/benchmarks.md.
 
-Latency ratios that compare two separately built models are re-measured here *interleaved* (round
-robin, same process, same threads), because the machine is shared and a number taken minutes apart
-is not comparable.
+Each section (``--only packager,package``) stores its raw results in docs/bench-results/SECTION.json;
+benchmarks.md is rendered from every stored section, so re-running one section keeps the others' numbers
+(each with its own date and machine line). Latency ratios that compare two separately built models are
+re-measured here *interleaved* (round robin, same process, same threads), because the machine is shared
+and a number taken minutes apart is not comparable.
 """
 
 from __future__ import annotations
@@ -48,16 +50,21 @@ def machine() -> str:
     return f"{_cpu_name()}, {os.cpu_count()} cores, {system}, Python {platform.python_version()}"
 
 
-def run(out_md: Path, results_dir: Path) -> dict[str, Any]:
+def log(msg: str) -> None:
+    print(f"· {msg}", file=sys.stderr, flush=True)
+
+
+def header(res: dict[str, Any]) -> str:
+    return f"Measured {res['date']} on {res['machine']} with `{res['command']}`."
+
+
+def run_packager() -> dict[str, Any]:
     from edgekit.artifact import Artifact
     from edgekit.build import run_package
     from edgekit.hostrt import predictor
     from edgekit.modelsrc import load_model
 
-    def log(msg: str) -> None:
-        print(f"· {msg}", file=sys.stderr, flush=True)
-
-    res: dict[str, Any] = {"machine": machine(), "date": dt.date.today().isoformat(), "command": "make bench"}
+    res: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         fp32 = tmp / "fp32.yaml"
@@ -89,9 +96,6 @@ def run(out_md: Path, results_dir: Path) -> dict[str, Any]:
         lat = interleaved_p50({k: predictor(a, threads=2) for k, a in models.items()}, digits.example)
         res["digits_interleaved_p50_ms"] = lat
         res["reports"] = reports
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / "packager.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
-    out_md.write_text(render(res))
     return res
 
 
@@ -99,20 +103,17 @@ def _step(report: dict[str, Any], name: str) -> dict[str, Any]:
     return next(s for s in report["steps"] if s["name"] == name)
 
 
-def render(res: dict[str, Any]) -> str:
+def render_packager(res: dict[str, Any]) -> list[str]:
     r = res["reports"]
     lat = res["digits_interleaved_p50_ms"]
     base = _step(r["digits_fp32"], "baseline")
     lines = [
-        "# Benchmarks",
+        "## Packager acceptance (issue 3)",
         "",
-        f"Measured {res['date']} on {res['machine']} with `{res['command']}` (writes this file and",
-        "`docs/bench-results/packager.json`). Latency: batch as in each model's example (digits: 1 image,",
+        header(res) + " Latency: batch as in each model's example (digits: 1 image,",
         "recommender: one query of 20 candidates, MiniLM: 1 sentence padded to 128 tokens), 2 threads, warm-up",
         "excluded. Ratios compare numbers taken in one run; the digits ONNX latencies are re-measured",
         "interleaved (round robin).",
-        "",
-        "## Packager acceptance (issue 3)",
         "",
         "### digits_cnn on x86-64-generic (ONNX Runtime CPU)",
         "",
@@ -166,16 +167,52 @@ def render(res: dict[str, Any]) -> str:
             f"| {c['name']} | {c['metric']:.4f} | {c['latency_ms']:.2f} | {torch_lat / c['latency_ms']:.2f}x | "
             f"{c['size_bytes'] / 2**20:.1f} MB | {c['status']} {c['reason']} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _sections() -> dict[str, tuple[Any, Any]]:
+    from edgekit import bench_agent, bench_package
+
+    return {
+        "packager": (run_packager, render_packager),
+        "package": (bench_package.run, bench_package.render),
+        "agent": (bench_agent.run, bench_agent.render),
+    }
+
+
+def run(sections: list[str], out_md: Path, results_dir: Path) -> None:
+    known = _sections()
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for name in sections:
+        log(f"section {name}")
+        res = {"machine": machine(), "date": dt.date.today().isoformat(), "command": f"make bench ({name})"}
+        res |= known[name][0]()
+        (results_dir / f"{name}.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    lines = ["# Benchmarks", ""]
+    lines += [
+        "Written by `make bench` (`python -m edgekit.bench [--only SECTION,...]`); raw numbers in",
+        "`docs/bench-results/SECTION.json`. Every figure below was measured by that command on the machine named",
+        "in its section; ratios compare numbers taken in the same run.",
+    ]
+    for name, (_, render) in known.items():
+        stored = results_dir / f"{name}.json"
+        if stored.exists():
+            lines += ["", *render(json.loads(stored.read_text()))]
+    out_md.write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "bench-results")
+    parser.add_argument("--only", default=None, help="comma-separated sections (default: all)")
     args = parser.parse_args()
     os.environ.setdefault("EDGEKIT_LATENCY_SECONDS", "2")
-    run(args.out, args.results)
+    sections = args.only.split(",") if args.only else list(_sections())
+    unknown = set(sections) - set(_sections())
+    if unknown:
+        parser.error(f"unknown section(s) {sorted(unknown)}; known: {list(_sections())}")
+    run(sections, args.out, args.results)
     print(f"wrote {args.out}")
 
 

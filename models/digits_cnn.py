@@ -89,4 +89,6 @@ def load(*, cache_dir: Path) -> ModelBundle:
         score=lambda logits: float((logits.argmax(axis=1) == y_te).mean()),
         train_batches=train_batches,
         description="DigitsCNN (3 conv + 2 FC, BatchNorm) on sklearn digits, 450 held-out images",
+        preprocessing={"image": "8x8 grayscale, NCHW float32, pixel intensity 0-16 divided by 16"},
+        postprocessing={"logits": "argmax over 10 classes = the digit 0-9"},
     )

@@ -134,4 +134,10 @@ def load(*, cache_dir: Path) -> ModelBundle:
         score=mean_cosine,
         model_type="transformer",
         description="all-MiniLM-L6-v2 + mean pooling, seq 128; cosine to fp32 on 64 held-out sentences",
+        preprocessing={
+            "tokenizer": "tokenizer.json of all-MiniLM-L6-v2 (BERT WordPiece, lower case)",
+            "max_length": SEQ_LEN,
+            "padding": f"pad to {SEQ_LEN} with id 0, attention_mask 0 on padding",
+        },
+        postprocessing={"sentence_embedding": "mean-pooled, 384-d; L2-normalise before cosine similarity"},
     )

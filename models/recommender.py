@@ -154,4 +154,9 @@ def load(*, cache_dir: Path) -> ModelBundle:
         extra_metrics=lambda scores: {"auc": auc(scores, y_te)},
         train_batches=train_batches,
         description="DLRM ranker (4 embedding tables, bottom/top MLP, dot interaction); 600 held-out sessions x 20",
+        preprocessing={
+            "dense": f"[candidates, {N_DENSE}] float32, standardised numeric features",
+            "sparse": "[candidates, 4] int64, one category id per embedding table",
+        },
+        postprocessing={"score": "click logit per candidate; sort candidates by it, descending"},
     )

@@ -56,3 +56,14 @@ def cli(capsys):
         return code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """A real Mosquitto (amqtt where Mosquitto is absent) on a free loopback port, stopped after the test."""
+    from broker import Broker
+
+    b = Broker(tmp_path)
+    b.start()
+    yield b
+    b.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -82,6 +83,23 @@ def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> An
     return value
 
 
+_SHA = re.compile(r"[0-9a-f]{64}")
+
+
+def _only(data: dict[str, Any], fields: set[str]) -> dict[str, Any]:
+    unknown = set(data) - fields
+    if unknown:
+        raise ProtocolError(f"unknown fields {sorted(unknown)}")
+    return data
+
+
+def _sha256(data: dict[str, Any], name: str) -> str:
+    value = _field(data, name, str)
+    if not _SHA.fullmatch(value):
+        raise ProtocolError(f"{name} must be 64 lowercase hex characters")
+    return value
+
+
 @dataclass(frozen=True)
 class Desired:
     """Retained on ``desired``: the package a device should run. Idempotent: devices converge on it."""
@@ -97,16 +115,89 @@ class Desired:
 
     @classmethod
     def from_json(cls, payload: bytes | str) -> Desired:
-        data = _load(payload)
-        unknown = set(data) - {"name", "version", "sha256", "counter", "size"}
-        if unknown:
-            raise ProtocolError(f"unknown fields {sorted(unknown)}")
-        sha = _field(data, "sha256", str)
-        if not re.fullmatch(r"[0-9a-f]{64}", sha):
-            raise ProtocolError("sha256 must be 64 lowercase hex characters")
+        data = _only(_load(payload), {"name", "version", "sha256", "counter", "size"})
+        sha = _sha256(data, "sha256")
         counter, size = _field(data, "counter", int), _field(data, "size", int)
         if counter < 0 or size <= 0:
             raise ProtocolError("counter must be >= 0 and size > 0")
         return cls(
             _segment(_field(data, "name", str), "package name"), _field(data, "version", str), sha, counter, size
         )
+
+
+_HEADER = struct.Struct(">I")
+
+
+@dataclass(frozen=True)
+class ChunkRequest:
+    """Device → host on ``chunk/request``: send me ``length`` bytes of package ``sha256`` from ``offset``."""
+
+    request_id: str
+    sha256: str
+    offset: int
+    length: int
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, payload: bytes | str) -> ChunkRequest:
+        data = _only(_load(payload, max_bytes=4096), {"request_id", "sha256", "offset", "length"})
+        sha = _sha256(data, "sha256")
+        offset, length = _field(data, "offset", int), _field(data, "length", int)
+        if offset < 0 or not 0 < length <= MAX_CHUNK:
+            raise ProtocolError(f"offset must be >= 0 and length in 1..{MAX_CHUNK}")
+        return cls(_segment(_field(data, "request_id", str), "request_id"), sha, offset, length)
+
+
+MAX_CHUNK = 4 << 20
+
+
+@dataclass(frozen=True)
+class ChunkResponse:
+    """Host → device on ``chunk/response``: a 4-byte big-endian header length, a JSON header, then raw bytes.
+
+    Raw bytes instead of base64 keep a 256 KiB chunk at 256 KiB on the wire; ``chunk_sha256`` lets the device
+    drop a corrupted chunk and ask again. ``error`` (no data) says why a request cannot be served.
+    """
+
+    request_id: str
+    sha256: str
+    offset: int
+    data: bytes | memoryview
+    chunk_sha256: str
+    error: str | None = None
+
+    def to_bytes(self) -> bytes:
+        header = {"request_id": self.request_id, "sha256": self.sha256, "offset": self.offset,
+                  "length": len(self.data), "chunk_sha256": self.chunk_sha256, "error": self.error}  # fmt: skip
+        head = json.dumps(header, sort_keys=True).encode()
+        return b"".join((_HEADER.pack(len(head)), head, self.data))
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> ChunkResponse:
+        if len(payload) < _HEADER.size:
+            raise ProtocolError("chunk response shorter than its header length")
+        (size,) = _HEADER.unpack_from(payload)
+        if size > 4096 or _HEADER.size + size > len(payload):
+            raise ProtocolError("chunk response header length is out of range")
+        data = _load(bytes(payload[_HEADER.size : _HEADER.size + size]), max_bytes=4096)
+        body = memoryview(payload)[_HEADER.size + size :]  # no copy of a 256 KiB chunk
+        length = _field(data, "length", int)
+        if length != len(body):
+            raise ProtocolError(f"chunk response says {length} bytes but carries {len(body)}")
+        error = data.get("error")
+        if error is not None and not isinstance(error, str):
+            raise ProtocolError("field 'error' must be a string or null")
+        sha = _sha256(data, "sha256")
+        chunk_sha = _sha256(data, "chunk_sha256") if error is None else _field(data, "chunk_sha256", str)
+        return cls(_field(data, "request_id", str), sha, _field(data, "offset", int), body, chunk_sha, error)
+
+
+def dumps(message: dict[str, Any]) -> bytes:
+    """JSON for the free-form messages (state, events, telemetry, inference): compact, sorted, no NaN."""
+    return json.dumps(message, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def loads(payload: bytes | str, *, max_bytes: int = 1 << 20) -> dict[str, Any]:
+    return _load(payload, max_bytes=max_bytes)

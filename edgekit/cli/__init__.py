@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from edgekit.cli import demo, package, profiles
+from edgekit.cli import demo, keys, package, packages, profiles, serve
 
 app = typer.Typer(
     name="edgekit",
@@ -17,19 +17,35 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(profiles.app, name="profiles")
+app.add_typer(keys.app, name="keys")
 app.command("package")(package.package)
+app.command("pack")(packages.pack)
+app.command("verify")(packages.verify)
+app.command("inspect")(packages.inspect)
+app.command("serve")(serve.serve)
 app.command("demo")(demo.demo)
 
 
 def main() -> None:
+    from edgekit_agent.errors import PackageError
+
     from edgekit.errors import EdgekitError
 
     try:
         app(prog_name="edgekit")
     except EdgekitError as exc:
+        from rich.markup import escape
+
         from edgekit.cli._console import err
 
-        err.print(f"[bold red]error[/] {exc.one_line()}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error[/] {escape(exc.one_line())}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except PackageError as exc:
+        from rich.markup import escape
+
+        from edgekit.cli._console import err
+
+        err.print(f"[bold red]refused[/] {escape(exc.one_line())}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -37,10 +53,14 @@ def main() -> None:
         import os
         import traceback
 
+        from rich.markup import escape
+
         from edgekit.cli._console import err
 
         if os.environ.get("EDGEKIT_DEBUG"):
             traceback.print_exc()
         first = (str(exc).splitlines() or [""])[0][:300]
-        err.print(f"[bold red]internal error[/] {type(exc).__name__}: {first} (set EDGEKIT_DEBUG=1 for the traceback)")
+        err.print(
+            f"[bold red]internal error[/] {type(exc).__name__}: {escape(first)} (set EDGEKIT_DEBUG=1 for the traceback)"
+        )
         sys.exit(1)

@@ -21,7 +21,11 @@ def test_minilm_auto_picks_openvino_int8_that_stays_faithful(cli, tmp_path):
     assert last["metric_name"] == "cosine" and last["metric"] >= 0.993
     assert report["steps"][0]["metric"] == pytest.approx(1.0, abs=1e-5)  # baseline is its own reference
     assert last["size_bytes"] * 3.5 < report["steps"][0]["size_bytes"]
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["model.bin", "model.xml", "report.json"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["model.bin", "model.xml", "report.json", "sample"]
+    written = json.loads((tmp_path / "o" / "report.json").read_text())["package"]
+    assert written["model"] == {"format": "openvino-ir", "entry": "model.xml"}
+    assert [(t["name"], t["dtype"]) for t in written["inputs"]] == [("input_ids", "int64"), ("attention_mask", "int64")]
+    assert written["outputs"][0]["shape"][-1] == 384
 
 
 def test_calibration_text_is_unlike_the_evaluation_text():

@@ -1,0 +1,274 @@
+"""The running agent: paho-mqtt in, a few worker threads, the updater, inference and telemetry.
+
+Threads and why: paho's network loop only parses and enqueues (callbacks never block); ``control`` applies
+desired packages (downloads may take minutes, inference keeps serving meanwhile); ``infer`` answers
+requests; ``telemetry`` snapshots every interval; ``sender`` drains the on-disk outbox in order whenever
+the broker is reachable. Queues are bounded; what overflows is dropped and counted, never blocks paho.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import random
+import ssl
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from edgekit_agent import __version__, power
+from edgekit_agent.inference import handle
+from edgekit_agent.outbox import Outbox
+from edgekit_agent.protocol import ChunkRequest, ChunkResponse, Desired, ProtocolError, dumps, parse_topic, topic
+from edgekit_agent.store import Store
+from edgekit_agent.telemetry import Telemetry
+from edgekit_agent.transfer import Transfer
+from edgekit_agent.trust import TrustStore
+from edgekit_agent.updater import Updater
+
+
+class ConfigError(ValueError):
+    """An agent setting that cannot work; the message names the setting and the fix."""
+
+
+@dataclass
+class AgentConfig:
+    broker: str
+    fleet: str
+    device_id: str
+    profile: str
+    data_dir: Path
+    trust: list[Path]
+    revoked: list[str] = field(default_factory=list)
+    threads: int = 1
+    chunk_size: int = 256 * 1024
+    # measured (docs/benchmarks.md): 8 requests in flight reach 18-35 % of a raw publish loop, 16-64 reach 34-41 %
+    window: int = 32
+    chunk_timeout: float = 5.0
+    chunk_retries: int = 5
+    telemetry_interval: float = 10.0
+    retry_interval: float = 30.0
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    username: str | None = None
+    password: str | None = None
+    power_model: tuple[float, float] | None = None
+    outbox_limit: int = 10_000
+
+    def endpoint(self) -> tuple[str, int, bool]:
+        url = urlparse(self.broker if "://" in self.broker else f"mqtt://{self.broker}")
+        if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
+            raise ConfigError(f"--broker {self.broker!r} must look like mqtt://HOST:PORT or mqtts://HOST:PORT")
+        tls = url.scheme == "mqtts" or self.ca is not None
+        return url.hostname, url.port or (8883 if tls else 1883), tls
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.cfg = config
+        self.host, self.port, self.tls = config.endpoint()
+        self.store = Store(config.data_dir)
+        self.outbox = Outbox(self.store.outbox, limit=config.outbox_limit)
+        self.trust = TrustStore.load(config.trust, revoked=config.revoked)
+        self.stopping = threading.Event()
+        self.connected = threading.Event()
+        self.ready = threading.Event()  # recovery done, the installed model (if any) is serving
+        self.telemetry = Telemetry(power.detect(power_model=config.power_model))
+        self.transfer = Transfer(
+            self._request_chunk,
+            chunk_size=config.chunk_size,
+            window=config.window,
+            timeout=config.chunk_timeout,
+            retries=config.chunk_retries,
+        )
+        self.model: Any = None
+        self.updater = Updater(
+            self.store,
+            trust=self.trust,
+            profile=config.profile,
+            transfer=self.transfer,
+            threads=config.threads,
+            event=self.event,
+            on_serving=self._serving,
+            stop=self.stopping.is_set,
+        )
+        self.control: queue.Queue[Desired] = queue.Queue(maxsize=8)
+        self.infer_q: queue.Queue[bytes] = queue.Queue(maxsize=64)
+        self.client = self._client()
+        self.threads: list[threading.Thread] = []
+
+    # -- MQTT --------------------------------------------------------------------------------------------
+    def _topic(self, kind: str) -> str:
+        return topic(self.cfg.fleet, self.cfg.device_id, kind)
+
+    def _client(self) -> Any:
+        import paho.mqtt.client as mqtt
+
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"edgekit-agent-{self.cfg.device_id}-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv311,
+        )
+        client.will_set(self._topic("state"), self._state("offline"), qos=1, retain=True)
+        client.max_queued_messages_set(1000)
+        client.reconnect_delay_set(min_delay=1, max_delay=60)
+        if self.cfg.username:
+            client.username_pw_set(self.cfg.username, self.cfg.password)
+        if self.tls:
+            client.tls_set(
+                ca_certs=str(self.cfg.ca) if self.cfg.ca else None,
+                certfile=str(self.cfg.cert) if self.cfg.cert else None,
+                keyfile=str(self.cfg.key) if self.cfg.key else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _state(self, status: str) -> bytes:
+        model = self.model
+        return dumps({
+            "status": status,
+            "device": self.cfg.device_id,
+            "profile": self.cfg.profile,
+            "agent_version": __version__,
+            "package": model.manifest.summary() if model else None,
+            "runtime": f"{model.engine}:{model.device}" if model else None,
+            "capabilities": capabilities(),
+            "time": _now(),
+        })  # fmt: skip
+
+    def _on_connect(self, client: Any, _userdata: Any, _flags: Any, reason_code: Any, _props: Any) -> None:
+        if reason_code.is_failure:
+            return
+        for kind in ("desired", "chunk/response", "infer/request"):
+            client.subscribe(self._topic(kind), qos=1)
+        client.publish(self._topic("state"), self._state("online"), qos=1, retain=True)
+        self.connected.set()
+
+    def _on_disconnect(self, client: Any, _userdata: Any, _flags: Any, _reason: Any, _props: Any) -> None:
+        self.connected.clear()
+        # paho doubles the delay up to max_delay; a random start spreads a fleet's reconnects after an outage.
+        client.reconnect_delay_set(min_delay=random.uniform(0.5, 2.0), max_delay=60)
+
+    def _on_message(self, _client: Any, _userdata: Any, msg: Any) -> None:
+        """Parse and enqueue only: never block the network loop."""
+        try:
+            kind = parse_topic(msg.topic)[2]
+            if kind == "desired":
+                if not msg.payload:
+                    return  # a cleared retained message
+                desired = Desired.from_json(msg.payload)
+                with contextlib.suppress(queue.Full):
+                    self.control.put_nowait(desired)
+            elif kind == "chunk/response":
+                self.transfer.deliver(ChunkResponse.from_bytes(msg.payload))
+            elif kind == "infer/request":
+                try:
+                    self.infer_q.put_nowait(msg.payload)
+                except queue.Full:
+                    self._reply({"id": None, "error": "busy: the inference queue is full, retry later"})
+        except ProtocolError as exc:
+            self.event("error", {"reason": f"malformed message on {msg.topic}: {exc}"})
+
+    def _request_chunk(self, request: ChunkRequest) -> None:
+        self.client.publish(self._topic("chunk/request"), request.to_json(), qos=0)
+
+    def _reply(self, response: dict[str, Any]) -> None:
+        self.client.publish(self._topic("infer/response"), dumps(response), qos=1)
+
+    def event(self, kind: str, data: dict[str, Any]) -> None:
+        """Events go through the outbox: in order, kept on disk while the broker is away."""
+        self.outbox.put(self._topic("events"), dumps({"kind": kind, "device": self.cfg.device_id, "time": _now(),
+                                                      **data}))  # fmt: skip
+
+    def _serving(self, model: Any) -> None:
+        self.model = model
+        if self.connected.is_set():
+            self.client.publish(self._topic("state"), self._state("online"), qos=1, retain=True)
+
+    # -- threads -----------------------------------------------------------------------------------------
+    def _control_loop(self) -> None:
+        self.updater.recover()
+        self.ready.set()
+        last: Desired | None = None
+        while not self.stopping.is_set():
+            try:
+                last = self.control.get(timeout=self.cfg.retry_interval)
+            except queue.Empty:
+                failed = self.updater.state.get("failed") or {}
+                if last is None or not failed.get("retryable") or failed.get("sha256") != last.sha256:
+                    continue  # nothing to retry
+            self.updater.apply(last)
+
+    def _infer_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                payload = self.infer_q.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            _, response = handle(payload, self.model, self.telemetry.record)
+            self._reply(response)
+
+    def _telemetry_loop(self) -> None:
+        while not self.stopping.wait(self.cfg.telemetry_interval):
+            self.telemetry.dropped_messages = self.outbox.dropped
+            snap = self.telemetry.snapshot()
+            model = self.model
+            snap |= {"device": self.cfg.device_id, "time": _now(),
+                     "package": model.manifest.summary() if model else None,
+                     "runtime": f"{model.engine}:{model.device}" if model else None}  # fmt: skip
+            self.outbox.put(self._topic("telemetry"), dumps(snap))
+
+    def _sender_loop(self) -> None:
+        while not self.stopping.is_set():
+            if not self.connected.wait(0.5):
+                continue
+            item = self.outbox.peek(0.5)
+            if item is None:
+                continue
+            path, name, payload = item
+            info = self.client.publish(name, payload, qos=1)
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout=10)  # in this thread, never in a paho callback
+            if info.is_published():
+                self.outbox.done(path)
+
+    def start(self) -> None:
+        self.client.connect_async(self.host, self.port, keepalive=30)
+        self.client.loop_start()
+        for name, target in (("control", self._control_loop), ("infer", self._infer_loop),
+                             ("telemetry", self._telemetry_loop), ("sender", self._sender_loop)):  # fmt: skip
+            thread = threading.Thread(target=target, name=f"edgekit-agent-{name}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.stopping.set()
+        if self.connected.is_set():
+            info = self.client.publish(self._topic("state"), self._state("offline"), qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout=2)
+        self.client.disconnect()
+        self.client.loop_stop()
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def capabilities() -> dict[str, Any]:
+    """Which runtimes are installed, found without importing them (OpenVINO alone costs ~80 MB of RSS)."""
+    from importlib.util import find_spec
+
+    return {"runtimes": [name for name in ("onnxruntime", "openvino") if find_spec(name) is not None]}

@@ -1,0 +1,155 @@
+"""Pull a package in hash-checked chunks with several requests in flight; resume after any restart.
+
+Progress is a ``SHA.have`` file next to ``SHA.part``: one line ``index sha256`` appended after each chunk
+is written. On resume every recorded chunk is re-hashed from the part file, so a torn write (power loss,
+kill -9 between the data and the record) costs that chunk only. Lost or corrupt chunks are re-requested
+after ``timeout`` seconds, at most ``retries`` times each; the updater checks the assembled file's hash
+(computed by the verifier's single read) against the desired sha256 and discards it on a mismatch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import queue
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgekit_agent.protocol import ChunkRequest, ChunkResponse, Desired
+
+
+class TransferError(Exception):
+    """The package could not be fetched (server error, retries exhausted, wrong bytes)."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass
+class Stats:
+    requested: int = 0
+    received: int = 0
+    resumed: int = 0
+    corrupt: int = 0
+    timeouts: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class Transfer:
+    """``send`` publishes a ChunkRequest; responses arrive through :meth:`deliver` (any thread)."""
+
+    send: Callable[[ChunkRequest], None]
+    chunk_size: int = 256 * 1024
+    window: int = 32
+    timeout: float = 5.0
+    retries: int = 5
+    stats: Stats = field(default_factory=Stats)
+    _inbox: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=256))
+
+    def deliver(self, response: ChunkResponse) -> None:
+        """Called from the MQTT thread: never blocks; a full inbox drops the chunk, which is then re-requested."""
+        with contextlib.suppress(queue.Full):
+            self._inbox.put_nowait(response)
+
+    def _held(self, part: Path, have: Path, count: int, size: int) -> set[int]:
+        held: set[int] = set()
+        if not (part.exists() and have.exists()):
+            return held
+        with open(part, "rb") as fh:
+            for line in have.read_text().splitlines():
+                try:
+                    index_text, digest = line.split()
+                    index = int(index_text)
+                except ValueError:
+                    continue  # a torn last line
+                if not 0 <= index < count or index in held:
+                    continue
+                fh.seek(index * self.chunk_size)
+                if hashlib.sha256(fh.read(min(self.chunk_size, size - index * self.chunk_size))).hexdigest() == digest:
+                    held.add(index)
+        return held
+
+    def fetch(self, desired: Desired, part: Path, *, stop: Callable[[], bool] = lambda: False) -> Stats:
+        """Download ``desired`` into ``part``; returns the stats. Raises TransferError.
+
+        The assembled file is not hashed here: verification reads every byte once anyway, and the updater
+        compares that hash with ``desired.sha256``.
+        """
+        stats = self.stats = Stats()
+        t0 = time.monotonic()
+        size = desired.size
+        count = -(-size // self.chunk_size)
+        have_path = part.with_suffix(".have")
+        held = self._held(part, have_path, count, size)
+        stats.resumed = len(held)
+        if not held:
+            have_path.unlink(missing_ok=True)
+        fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            with open(have_path, "a") as have:
+                self._pull(fd, have, desired, count, held, stop)
+        finally:
+            os.close(fd)
+        stats.seconds = time.monotonic() - t0
+        return stats
+
+    def _pull(self, fd: int, have, desired: Desired, count: int, held: set[int], stop: Callable[[], bool]) -> None:
+        stats = self.stats
+        while not self._inbox.empty():  # responses to an earlier attempt are stale
+            self._inbox.get_nowait()
+        missing = deque(i for i in range(count) if i not in held)
+        inflight: dict[str, tuple[int, float]] = {}
+        attempts: dict[int, int] = {}
+        session = uuid.uuid4().hex[:8]
+        while missing or inflight:
+            if stop():
+                raise TransferError("the agent is stopping; the download resumes on restart")
+            while missing and len(inflight) < self.window:
+                index = missing.popleft()
+                attempts[index] = attempts.get(index, 0) + 1
+                if attempts[index] > self.retries + 1:
+                    raise TransferError(f"chunk {index} failed {self.retries + 1} times; is edgekit serve running?")
+                rid = f"{session}-{index}-{attempts[index]}"
+                offset = index * self.chunk_size
+                length = min(self.chunk_size, desired.size - offset)
+                inflight[rid] = (index, time.monotonic() + self.timeout)
+                self.send(ChunkRequest(rid, desired.sha256, offset, length))
+                stats.requested += 1
+            wait = max(0.0, min(deadline for _, deadline in inflight.values()) - time.monotonic())
+            try:
+                response = self._inbox.get(timeout=min(wait, 0.5))
+            except queue.Empty:
+                now = time.monotonic()
+                for rid, (index, deadline) in list(inflight.items()):
+                    if deadline <= now:
+                        del inflight[rid]
+                        missing.appendleft(index)
+                        stats.timeouts += 1
+                continue
+            entry = inflight.pop(response.request_id, None)
+            if entry is None:
+                continue  # a duplicate or a response to a request that already timed out
+            index = entry[0]
+            if response.error:
+                raise TransferError(f"the package server refused: {response.error}", retryable=False)
+            offset = index * self.chunk_size
+            expected = min(self.chunk_size, desired.size - offset)
+            digest = hashlib.sha256(response.data).hexdigest()
+            if response.offset != offset or len(response.data) != expected or digest != response.chunk_sha256:
+                stats.corrupt += 1
+                missing.appendleft(index)
+                continue
+            os.pwrite(fd, response.data, offset)
+            have.write(f"{index} {digest}\n")
+            have.flush()
+            stats.received += 1
+            stats.bytes += expected

@@ -1,0 +1,119 @@
+"""``edgekit serve``: answer devices' chunk requests from a folder of .edgepkg files.
+
+Packages are indexed by the sha256 of their bytes (what ``desired`` names); an unknown hash triggers one
+re-scan, so packages dropped into the folder are served without a restart. Requests are parsed in paho's
+thread and served by a worker pool reading with ``os.pread`` from open files: no file is read whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgekit_agent.protocol import ChunkRequest, ChunkResponse, ProtocolError, parse_topic, topic
+
+from edgekit.errors import EdgekitError
+from edgekit.fleet import mqtt
+
+
+class PackagesNotFound(EdgekitError):
+    pass
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class PackageServer:
+    packages: Path
+    broker: str
+    workers: int = 2
+    served: int = 0
+    refused: int = 0
+    _index: dict[str, Path] = field(default_factory=dict)
+    _fds: dict[str, int] = field(default_factory=dict)
+    _queue: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=1024))
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Packages are immutable and a fleet asks for the same chunks many times: hash each chunk once.
+    _chunk_hashes: dict[tuple[str, int, int], str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.packages.is_dir():
+            raise PackagesNotFound(f"--packages {self.packages} is not a directory; point it at your .edgepkg files")
+        self.rescan()
+
+    def rescan(self) -> dict[str, Path]:
+        with self._lock:
+            known = {p: s for s, p in self._index.items()}
+            for path in sorted(self.packages.glob("*.edgepkg")):
+                if path not in known:
+                    self._index[sha256_file(path)] = path
+            return dict(self._index)
+
+    def _fd(self, sha: str) -> int | None:
+        if sha not in self._index:
+            self.rescan()
+        path = self._index.get(sha)
+        if path is None:
+            return None
+        with self._lock:
+            if sha not in self._fds:
+                self._fds[sha] = os.open(path, os.O_RDONLY)
+            return self._fds[sha]
+
+    def answer(self, request: ChunkRequest) -> ChunkResponse | None:
+        """The response to one request (None: send nothing, the device will time out and ask again)."""
+        return self._read(request)
+
+    def _read(self, request: ChunkRequest) -> ChunkResponse:
+        fd = self._fd(request.sha256)
+        if fd is None:
+            self.refused += 1
+            return ChunkResponse(request.request_id, request.sha256, request.offset, b"", "",
+                                 error=f"no package with sha256 {request.sha256[:12]}… in the repository")  # fmt: skip
+        data = os.pread(fd, request.length, request.offset)
+        self.served += 1
+        return ChunkResponse(request.request_id, request.sha256, request.offset, data, hashlib.sha256(data).hexdigest())
+
+    def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+        try:
+            fleet, device, _ = parse_topic(msg.topic)
+            self._queue.put_nowait((fleet, device, ChunkRequest.from_json(msg.payload)))
+        except (ProtocolError, queue.Full):
+            self.refused += 1  # a malformed or excess request: the device times out and asks again
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            try:
+                fleet, device, request = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            response = self.answer(request)
+            if response is not None:
+                self.client.publish(topic(fleet, device, "chunk/response"), response.to_bytes(), qos=1)
+
+    def start(self) -> None:
+        self.client = mqtt.client("serve")
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *_: c.subscribe("edgekit/v1/+/+/chunk/request", qos=1)
+        mqtt.connect(self.client, self.broker)
+        for _ in range(self.workers):
+            threading.Thread(target=self._work, daemon=True, name="edgekit-serve").start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.client.disconnect()
+        self.client.loop_stop()
+        for fd in self._fds.values():
+            os.close(fd)

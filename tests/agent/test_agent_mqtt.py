@@ -1,0 +1,281 @@
+"""The agent against a real Mosquitto: serve → desired → download → verify → install → infer → telemetry,
+and every way an update can go wrong leaving the previous model serving."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pkgs
+import pytest
+from edgekit_agent.agent import Agent, AgentConfig
+from edgekit_agent.inference import encode
+from edgekit_agent.protocol import Desired
+from fleet import Host
+
+from edgekit.fleet.serve import PackageServer, sha256_file
+
+pytestmark = pytest.mark.integration
+X = np.linspace(0, 1, 16, dtype=np.float32)[None]
+
+
+def expected(scale: float) -> np.ndarray:
+    return X @ (np.arange(256, dtype=np.float32).reshape(16, 16) / 256 * np.float32(scale)) + 1
+
+
+@pytest.fixture
+def world(tmp_path, broker):
+    keys = pkgs.keys(tmp_path / "keys")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    server = PackageServer(repo, broker.url)
+    server.start()
+    host = Host(broker.url)
+    agents: list[Agent] = []
+
+    def package(
+        name: str, *, counter: int, scale: float = 1.0, key: Path | None = None, claim: int | None = None, **src
+    ) -> Desired:
+        """Build and publish-ready a package; ``claim`` is a different counter for the desired message."""
+        edit = src.pop("edit", None)
+        source = pkgs.source_dir(tmp_path / f"src-{name}", scale=scale, **src)
+        if edit:
+            edit(source)
+        path = pkgs.build(source, repo / f"{name}.edgepkg", key or keys[0], counter=counter, version=name)
+        return Desired("tiny", name, sha256_file(path), claim or counter, path.stat().st_size)
+
+    def agent(**overrides) -> Agent:
+        cfg = AgentConfig(
+            broker=broker.url, fleet="lab", device_id="dev-1", profile=pkgs.PROFILE, data_dir=tmp_path / "data",
+            trust=[keys[1]], telemetry_interval=0.5, chunk_size=1024, chunk_timeout=1.0, retry_interval=2.0,
+        )  # fmt: skip
+        for k, v in overrides.items():
+            setattr(cfg, k, v)
+        a = Agent(cfg)
+        a.start()
+        agents.append(a)
+        return a
+
+    yield {"host": host, "package": package, "agent": agent, "server": server, "keys": keys, "tmp": tmp_path,
+           "broker": broker}  # fmt: skip
+    for a in agents:
+        a.stop()
+    server.stop()
+    host.close()
+
+
+def serving(host: Host, version: str) -> dict:
+    return host.wait_for(
+        lambda: next((s for s in reversed(host.messages["state"]) if isinstance(s, dict) and s["status"] == "online"
+                      and (s.get("package") or {}).get("version") == version), None),
+        f"state online with {version}",
+    )  # fmt: skip
+
+
+def answer(host: Host, scale: float) -> None:
+    response = host.infer({"x": encode(X)})
+    assert "error" not in response, response
+    out = response["outputs"]["y"]
+    got = np.frombuffer(__import__("base64").b64decode(out["b64"]), dtype=out["dtype"]).reshape(out["shape"])
+    np.testing.assert_allclose(got, expected(scale), rtol=1e-5)
+
+
+def test_full_cycle_serve_desired_download_verify_install_infer_telemetry(world):
+    host = world["host"]
+    v1 = world["package"]("v1", counter=7)
+    world["agent"]()
+    host.desire(v1)
+    state = serving(host, "v1")
+    assert state["runtime"] == "onnxruntime:CPUExecutionProvider" and "onnxruntime" in state["capabilities"]["runtimes"]
+    answer(host, 1.0)
+    # events travel through the outbox, the state message does not: wait for the last step rather than race it
+    host.event_matching("update", '"committed"')
+    steps = [e["state"] for e in host.events("update")]
+    assert steps[-5:] == ["downloading", "verifying", "installing", "smoke_testing", "committed"]
+    download = host.event_matching("download", "chunks")
+    assert download["chunks"] == -(-v1.size // 1024) and download["resumed_chunks"] == 0
+    telemetry = host.wait_for(lambda: [t for t in host.messages["telemetry"] if t["inferences"] >= 1], "telemetry")[0]
+    assert telemetry["latency_ms"]["p50"] > 0 and telemetry["power"]["source"] in {"estimate", "none", "rapl", "hwmon"}
+    assert telemetry["rss_bytes"] > 10 << 20 and telemetry["package"]["version"] == "v1"
+    # the same desired again (retained re-delivery, a duplicate) changes nothing
+    before = len(host.events("update"))
+    host.desire(v1)
+    answer(host, 1.0)
+    assert len(host.events("update")) == before
+
+
+def install_v1(world) -> Host:
+    host = world["host"]
+    world["agent"]()
+    host.desire(world["package"]("v1", counter=7))
+    serving(host, "v1")
+    return host
+
+
+def test_refused_packages_leave_the_old_model_serving(world):
+    host = install_v1(world)
+    other_key, _ = pkgs.keys(world["tmp"] / "keys", name="intruder")
+    cases = [
+        ("untrusted-key", world["package"]("evil", counter=8, key=other_key)),
+        ("wrong-profile", world["package"]("rpi", counter=9, profile="rpi4")),
+        ("replayed-counter", world["package"]("old", counter=5, claim=10)),  # desired lies about the counter
+    ]
+    for reason, desired in cases:
+        host.desire(desired)
+        event = host.event_matching("rollback", reason)
+        assert event["serving"]["version"] == "v1"
+        answer(host, 1.0)
+    assert json.loads((world["tmp"] / "data" / "state.json").read_text())["installed"]["version"] == "v1"
+
+
+def test_smoke_test_failure_rolls_back(world):
+    host = install_v1(world)
+    host.desire(world["package"]("wrong", counter=8, expected_offset=5.0))
+    event = host.event_matching("rollback", "smoke test failed")
+    assert "differs from the sample" in event["reason"]
+    answer(host, 1.0)
+    versions = sorted(p.name for p in (world["tmp"] / "data" / "versions").iterdir())
+    assert len(versions) == 1 and versions[0].startswith("tiny-7-")  # the candidate was removed
+
+
+def test_a_newer_package_replaces_the_old_one(world):
+    host = install_v1(world)
+    host.desire(world["package"]("v2", counter=8, scale=2.0))
+    serving(host, "v2")
+    answer(host, 2.0)
+
+
+class CorruptOnce(PackageServer):
+    """Sends chunk 2 once with flipped bytes (its hash still that of the good bytes), like a bad link would."""
+
+    corrupted = 0
+
+    def answer(self, request):
+        response = super().answer(request)
+        if request.offset == 2048 and not self.corrupted:
+            self.corrupted += 1
+            data = bytes(b ^ 0xFF for b in response.data)
+            return type(response)(response.request_id, response.sha256, response.offset, data, response.chunk_sha256)
+        return response
+
+
+def test_a_corrupt_chunk_is_requested_again(world):
+    world["server"].stop()
+    server = CorruptOnce(world["tmp"] / "repo", world["broker"].url)
+    server.start()
+    try:
+        host = install_v1(world)
+        assert server.corrupted == 1
+        assert host.event_matching("download", "corrupt")["corrupt"] == 1
+        answer(host, 1.0)
+    finally:
+        server.stop()
+
+
+def test_npu_requested_without_one_falls_back_to_cpu(world):
+    import openvino as ov
+
+    def to_openvino_npu(source: Path) -> None:
+        ov.save_model(ov.convert_model(str(source / "model.onnx")), str(source / "model.xml"), compress_to_fp16=False)
+        (source / "model.onnx").unlink()
+        report = json.loads((source / "report.json").read_text())
+        report["runtime"] = "openvino:NPU"
+        report["package"]["model"] = {"format": "openvino-ir", "entry": "model.xml"}
+        report["package"]["files"] = sorted(["model.bin", "model.xml", "sample/input_0.npy", "sample/output_0.npy"])
+        (source / "report.json").write_text(json.dumps(report))
+
+    host = world["host"]
+    world["agent"]()
+    host.desire(world["package"]("npu", counter=7, edit=to_openvino_npu))
+    state = serving(host, "npu")
+    assert state["runtime"] == "openvino:CPU"
+    event = host.event_matching("fallback", "NPU")
+    assert event["from"] == "openvino:NPU" and event["to"] == "openvino:CPU"
+    answer(host, 1.0)
+
+
+def test_broker_restart_reconnects_and_resubscribes(world):
+    host = install_v1(world)
+    online = len([s for s in host.messages["state"] if s["status"] == "online"])
+    world["broker"].stop()
+    world["broker"].start()  # same port, no persistence: the retained desired is gone
+    host.wait_for(lambda: len([s for s in host.messages["state"] if s["status"] == "online"]) > online,
+                  "the agent announcing itself again", timeout=60)  # fmt: skip
+    host.desire(world["package"]("v2", counter=8, scale=2.0))
+    serving(host, "v2")
+    answer(host, 2.0)
+
+
+def test_malformed_payloads_on_every_subscribed_topic_are_answered_not_fatal(world):
+    host = install_v1(world)
+    for kind in ("desired", "chunk/response"):
+        for payload in (b"garbage", b"\xff\xfe", b'{"name": 1}', b"[]", b"\x00\x00\x00\x05{}"):
+            host.publish(kind, payload)
+        host.event_matching("error", f"malformed message on edgekit/v1/lab/dev-1/{kind}")
+    host.publish("infer/request", b"garbage")
+    host.wait_for(lambda: any(r.get("error", "").startswith("bad request") for r in host.messages["infer/response"]
+                              if isinstance(r, dict)), "an error answer")  # fmt: skip
+    bad_shape = host.infer({"x": {"shape": [3], "dtype": "float32", "b64": "AAAA"}})
+    assert "bad request" in bad_shape["error"]
+    wrong_rank = host.infer({"x": encode(np.zeros((2, 3), np.float32))})
+    assert wrong_rank["error"].startswith("inference failed")
+    host.desire(Desired("tiny", "v1", "0" * 64, 3, 10))  # stale: counter below the installed one
+    host.event_matching("ignored", "stale")
+    answer(host, 1.0)
+
+
+class Recording(PackageServer):
+    """Counts the chunk offsets devices ask for; with ``upto`` it answers only chunks below that offset."""
+
+    def __init__(self, *args, upto: int | None = None, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.upto, self.offsets = upto, []
+
+    def answer(self, request):
+        self.offsets.append(request.offset)
+        if self.upto is not None and request.offset >= self.upto:
+            return None  # a server that stalls halfway
+        return super().answer(request)
+
+
+def test_kill_9_during_download_resumes_without_fetching_held_chunks(world):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    world["server"].stop()
+    desired = world["package"]("big", counter=7, extra={"pad.bin": os.urandom(40_000)})
+    half = (desired.size // 2) // 1024 * 1024
+    stalling = Recording(world["tmp"] / "repo", world["broker"].url, upto=half)
+    stalling.start()
+    data = world["tmp"] / "data"
+    cmd = [sys.executable, "-m", "edgekit_agent.cli", "run", "--broker", world["broker"].url, "--fleet", "lab",
+           "--device-id", "dev-1", "--profile", pkgs.PROFILE, "--data-dir", str(data), "--trust", str(world["keys"][1]),
+           "--chunk-size", "1024"]  # fmt: skip
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    host = world["host"]
+    host.desire(desired)
+    have = data / "downloads" / f"{desired.sha256}.have"
+    held = half // 1024
+    host.wait_for(lambda: have.exists() and len(have.read_text().splitlines()) >= held, "half the chunks on disk")
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(10)
+    stalling.stop()
+    assert json.loads((data / "state.json").read_text())["state"] == "downloading"
+    full = Recording(world["tmp"] / "repo", world["broker"].url)
+    full.start()
+    second = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        serving(host, "big")
+        answer(host, 1.0)
+        assert full.offsets, "the second run fetched nothing"
+        assert min(full.offsets) >= half, "chunks held before the kill were fetched again"
+        assert len(set(full.offsets)) == -(-desired.size // 1024) - held
+        resumed = host.event_matching("download", '"resumed_chunks": ')
+        assert resumed["resumed_chunks"] == held
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(10)
+        full.stop()

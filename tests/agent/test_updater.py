@@ -1,0 +1,84 @@
+"""Recovery from whatever state a crash left on disk, without a broker (the transfer is never used)."""
+
+from __future__ import annotations
+
+import json
+
+import pkgs
+import pytest
+from edgekit_agent.store import Store
+from edgekit_agent.transfer import Transfer
+from edgekit_agent.trust import TrustStore
+from edgekit_agent.updater import TRANSITIONS, Updater
+from edgekit_agent.verify import verify_package
+
+pytestmark = pytest.mark.integration
+
+
+def installed_store(tmp_path):
+    """A data dir with v1 committed and current, and a verified v2 unpacked next to it."""
+    key, pub = pkgs.keys(tmp_path / "keys")
+    trust = TrustStore.load([pub])
+    store = Store(tmp_path / "data")
+    dirs = {}
+    for name, counter, scale in (("v1", 7, 1.0), ("v2", 8, 2.0)):
+        pkg = pkgs.build(pkgs.source_dir(tmp_path / name, scale=scale), tmp_path / f"{name}.edgepkg", key,
+                         counter=counter, version=name)  # fmt: skip
+        dirs[name] = store.version_dir("tiny", counter, name * 32)
+        verify_package(pkg, trust=trust, now=pkgs.NOW, dest=dirs[name])
+    store.switch(dirs["v1"])
+    base = {"installed": {"version": "v1"}, "installed_counter": 7, "installed_sha256": "a" * 64}
+    return store, trust, dirs, base
+
+
+def updater(store, trust, events):
+    return Updater(store, trust=trust, profile=pkgs.PROFILE, transfer=Transfer(lambda _r: None),
+                   event=lambda kind, data: events.append((kind, data)))  # fmt: skip
+
+
+@pytest.mark.parametrize("interrupted", ["installing", "smoke_testing"])
+def test_an_interrupted_install_rolls_back_and_keeps_the_old_model(tmp_path, interrupted):
+    store, trust, dirs, base = installed_store(tmp_path)
+    store.write_state({**base, "state": interrupted, "candidate": str(dirs["v2"])})
+    events: list = []
+    up = updater(store, trust, events)
+    up.recover()
+    assert up.state["state"] == "rolled_back" and "interrupted" in up.state["reason"]
+    assert store.current() == dirs["v1"].resolve() and not dirs["v2"].exists()
+    assert up.serving is not None and up.serving.manifest.version == "v1"
+    assert json.loads(store.state_path.read_text())["state"] == "rolled_back"
+
+
+def test_a_commit_interrupted_before_the_switch_is_completed(tmp_path):
+    store, trust, dirs, base = installed_store(tmp_path)
+    store.write_state({**base, "state": "committed", "candidate": str(dirs["v2"]), "installed_counter": 8})
+    events: list = []
+    up = updater(store, trust, events)
+    up.recover()
+    assert store.current() == dirs["v2"].resolve()
+    assert up.serving.manifest.version == "v2"
+    assert any("switch completed" in json.dumps(d) for _, d in events)
+
+
+def test_half_unpacked_leftovers_are_removed_on_start(tmp_path):
+    store, trust, dirs, base = installed_store(tmp_path)
+    store.write_state({**base, "state": "committed", "candidate": str(dirs["v1"])})
+    leftover = store.versions / ".tiny-9-x.partial-abc"
+    leftover.mkdir()
+    updater(store, trust, []).recover()
+    assert not leftover.exists() and dirs["v1"].exists()
+
+
+def test_every_state_is_reachable_and_only_declared_transitions_are_allowed(tmp_path):
+    reachable, frontier = {"idle"}, ["idle"]
+    while frontier:
+        for nxt in TRANSITIONS[frontier.pop()]:
+            if nxt not in reachable:
+                reachable.add(nxt)
+                frontier.append(nxt)
+    assert reachable == set(TRANSITIONS)
+    store, trust, _, base = installed_store(tmp_path)
+    store.write_state({**base, "state": "idle"})
+    up = updater(store, trust, [])
+    with pytest.raises(RuntimeError, match="illegal transition idle -> committed"):
+        up._enter("committed")
