@@ -85,6 +85,9 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
     return AgentConfig(**settings)
 
 
+SWITCH_INTERVAL_S = 0.001
+
+
 def run(args: argparse.Namespace) -> int:
     from edgekit_agent.trust import TrustError
 
@@ -95,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
+    # The agent is I/O threads handing work to each other (paho loop -> transfer/inference workers). With the
+    # default 5 ms GIL switch interval each hand-off can wait a whole interval: measured, a 25 MB pull went
+    # from ~75 ms to ~60 ms with 1 ms (docs/benchmarks.md, agent section).
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     agent.start()
     print(f"edgekit-agent {agent.cfg.device_id}: {agent.host}:{agent.port} fleet {agent.cfg.fleet}", file=sys.stderr)
     done.wait()
