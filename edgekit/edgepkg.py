@@ -189,3 +189,38 @@ def _atomic_write(out: Path, entries: list[tuple[str, bytes]], write: Any) -> st
         if tmp:
             Path(tmp).unlink(missing_ok=True)
         raise OutputNotWritable(f"cannot write {out} ({exc.strerror}); free space or choose another path") from None
+
+
+def reissue(package: Path, out_dir: Path, signing: Signing) -> SealResult:
+    """The same model bytes under a new counter: how a rollout rolls devices *back*.
+
+    Devices refuse any counter not above the one they run (anti-rollback), and a desired message is not
+    signed, so going back to an old model must be an explicit, signed statement by the owner: a new
+    package whose files are the old one's, with a fresh counter, issue time and the current key. The old
+    package's file hashes are checked on the way (its signature may be from a since-rotated key).
+    """
+    from edgekit_agent import manifest as mf
+    from edgekit_agent import tarfmt
+    from edgekit_agent.verify import verify_package
+
+    signing_key, kid = load_signing_key(signing.key, passphrase=signing.passphrase)
+    with tempfile.TemporaryDirectory(prefix="edgekit-reissue-") as tmp:
+        verified = verify_package(package, trust=None, dest=Path(tmp) / "pkg")
+        raw = mf.load_json(verified.manifest_bytes)
+        files = {f.path: (verified.directory / f.path).read_bytes() for f in verified.manifest.files}
+    issued = (signing.issued_at or issued_now()).astimezone(UTC).replace(microsecond=0)
+    counter = signing.counter if signing.counter is not None else int(issued.timestamp())
+    if counter <= verified.manifest.counter:
+        counter = verified.manifest.counter + 1
+    raw |= {
+        "counter": counter,
+        "issued_at": mf.format_time(issued),
+        "expires_at": mf.format_time(issued + signing.expires_in),
+        "key_id": kid,
+    }
+    mf.parse(raw)
+    manifest_bytes = mf.dumps(raw)
+    entries = [(mf.MANIFEST, manifest_bytes), (mf.SIGNATURE, signing_key.sign(manifest_bytes)), *sorted(files.items())]
+    out = out_dir / f"{raw['name']}-{raw['version']}-r{counter}.edgepkg"
+    digest = _atomic_write(out, entries, tarfmt.write)
+    return SealResult(out, digest, out.stat().st_size, raw)

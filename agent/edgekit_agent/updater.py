@@ -120,7 +120,7 @@ class Updater:
             if desired.counter <= self.state.get("installed_counter", 0):
                 installed = self.state.get("installed_counter")
                 reason = f"desired counter {desired.counter} is not above the installed {installed} (stale or replay)"
-                self.event("ignored", {"reason": reason})
+                self.event("ignored", {"reason": reason, "version": desired.version, "sha256": desired.sha256})
                 return
             failed = self.state.get("failed") or {}
             if not resuming and failed.get("sha256") == desired.sha256 and not failed.get("retryable"):

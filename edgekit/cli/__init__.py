@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from edgekit.cli import demo, keys, package, packages, profiles, serve
+from edgekit.cli import broker, demo, fleet, keys, package, packages, profiles, sim
 
 app = typer.Typer(
     name="edgekit",
@@ -22,7 +22,12 @@ app.command("package")(package.package)
 app.command("pack")(packages.pack)
 app.command("verify")(packages.verify)
 app.command("inspect")(packages.inspect)
-app.command("serve")(serve.serve)
+app.command("serve")(fleet.serve)
+app.command("deploy")(fleet.deploy)
+app.command("rollout")(fleet.rollout)
+app.add_typer(fleet.app, name="fleet")
+app.add_typer(broker.app, name="broker")
+app.add_typer(sim.app, name="sim")
 app.command("demo")(demo.demo)
 
 

@@ -64,3 +64,48 @@ def signing(
         issued_at=parse_time(issued_at),
         expires_in=timedelta(days=expires_in),
     )
+
+
+# -- fleet commands ---------------------------------------------------------------------------------------
+Broker = Annotated[str, typer.Option(envvar="EDGEKIT_BROKER", help="mqtt://HOST:PORT of the fleet's broker")]
+Db = Annotated[
+    str, typer.Option(envvar="EDGEKIT_DB", help="fleet store: sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
+]
+Fleet = Annotated[str, typer.Option(envvar="EDGEKIT_FLEET", help="fleet name (the topic segment after edgekit/v1)")]
+Packages = Annotated[
+    Path, typer.Option(envvar="EDGEKIT_PACKAGES", help="package repository folder that edgekit serve answers from")
+]
+DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+DEFAULT_DB = "sqlite:///fleet.db"
+DEFAULT_FLEET = "default"
+DEFAULT_PACKAGES = Path("packages")
+
+
+def duration(text: str, option: str) -> float:
+    """``90``, ``90s``, ``5m``, ``1h``, ``2d`` as seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    raw = text.strip().lower()
+    try:
+        if raw and raw[-1] in units:
+            return float(raw[:-1]) * units[raw[-1]]
+        return float(raw)
+    except ValueError:
+        raise OptionInvalid(f"{option} {text!r} is not a duration like 90s, 5m, 1h or 2d") from None
+
+
+def percent(text: str, option: str) -> float:
+    """``20%`` or ``0.2`` as a fraction."""
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise OptionInvalid(f"{option} {text!r} is not a percentage like 20%") from None
+    if value < 0:
+        raise OptionInvalid(f"{option} {text!r} must not be negative")
+    return value
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in ("table", "json"):
+        raise OptionInvalid(f"--format {fmt!r} must be table or json")
+    return fmt

@@ -43,8 +43,9 @@ def mosquitto_config(port: int, *, bind: str = "127.0.0.1") -> str:
 
 
 class LocalBroker:
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, bind: str = "127.0.0.1") -> None:
         self.port = port or free_port()
+        self.bind = bind
         self.workdir = Path(workdir)
         self.proc: subprocess.Popen | None = None
         self.kind = "mosquitto" if mosquitto_path() else "amqtt"
@@ -54,14 +55,22 @@ class LocalBroker:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> None:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((self.bind, self.port))
+            except OSError:
+                raise BrokerFailed(
+                    f"port {self.port} on {self.bind} is already in use (another broker?); choose another --port"
+                ) from None
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.kind == "mosquitto":
             conf = self.workdir / "mosquitto.conf"
-            conf.write_text(mosquitto_config(self.port))
+            conf.write_text(mosquitto_config(self.port, bind=self.bind))
             cmd = [str(mosquitto_path()), "-c", str(conf)]
         else:
             conf = self.workdir / "amqtt.yaml"
-            conf.write_text(f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{self.port}\n")
+            conf.write_text(f"listeners:\n  default:\n    type: tcp\n    bind: {self.bind}:{self.port}\n")
             local = Path(sys.executable).with_name("amqtt")  # the virtualenv's, whether or not it is activated
             cmd = [str(local) if local.exists() else "amqtt", "-c", str(conf)]
         try:
@@ -71,7 +80,7 @@ class LocalBroker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                if s.connect_ex(("127.0.0.1" if self.bind == "0.0.0.0" else self.bind, self.port)) == 0:
                     return
             if self.proc.poll() is not None:
                 break

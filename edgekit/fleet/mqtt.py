@@ -1,4 +1,8 @@
-"""One way for the host to open a paho client: VERSION2 callbacks, unique id, bounded queue, URL parsing."""
+"""One way for the host to open a paho client: VERSION2 callbacks, unique id, bounded queue, URL parsing.
+
+A secured broker (``edgekit broker config``) is reached with ``mqtts://USER:PASSWORD@HOST:PORT`` and the
+TLS files in ``$EDGEKIT_MQTT_CA``, ``$EDGEKIT_MQTT_CERT`` and ``$EDGEKIT_MQTT_KEY``.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,20 @@ def endpoint(url: str) -> tuple[str, int]:
     parsed = urlparse(url if "://" in url else f"mqtt://{url}")
     if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
         raise BrokerUnreachable(f"--broker {url!r} must look like mqtt://HOST:PORT")
-    return parsed.hostname, parsed.port or 1883
+    return parsed.hostname, parsed.port or (8883 if parsed.scheme == "mqtts" else 1883)
+
+
+def _secure(c: Any, url: str) -> None:
+    import os
+    import ssl
+    from urllib.parse import unquote
+
+    parsed = urlparse(url if "://" in url else f"mqtt://{url}")
+    if parsed.username:
+        c.username_pw_set(unquote(parsed.username), unquote(parsed.password or ""))
+    if parsed.scheme == "mqtts":
+        env = {k: os.environ.get(f"EDGEKIT_MQTT_{k.upper()}") for k in ("ca", "cert", "key")}
+        c.tls_set(ca_certs=env["ca"], certfile=env["cert"], keyfile=env["key"], tls_version=ssl.PROTOCOL_TLS_CLIENT)
 
 
 def client(role: str) -> Any:
@@ -36,12 +53,17 @@ def connect(c: Any, url: str, *, timeout: float = 10.0) -> None:
     ready = threading.Event()
     previous = c.on_connect
 
+    refused: list[str] = []
+
     def on_connect(*args: Any) -> None:
+        if args[3].is_failure:
+            refused.append(str(args[3]))
         ready.set()
         if previous:
             previous(*args)
 
     c.on_connect = on_connect
+    _secure(c, url)
     try:
         c.connect(host, port, keepalive=30)
     except OSError as exc:
@@ -51,3 +73,7 @@ def connect(c: Any, url: str, *, timeout: float = 10.0) -> None:
     if not ready.wait(timeout):
         c.loop_stop()
         raise BrokerUnreachable(f"the MQTT broker at {host}:{port} did not answer within {timeout:.0f} s")
+    if refused:
+        c.loop_stop()
+        raise BrokerUnreachable(f"the MQTT broker at {host}:{port} refused the connection ({refused[0]}); "
+                                "check the username/password in --broker")  # fmt: skip

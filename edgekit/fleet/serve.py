@@ -1,4 +1,4 @@
-"""``edgekit serve``: answer devices' chunk requests from a folder of .edgepkg files.
+"""``edgekit serve``: answer devices' chunk requests from a folder of .edgepkg files, ingest what they report.
 
 Packages are indexed by the sha256 of their bytes (what ``desired`` names); an unknown hash triggers one
 re-scan, so packages dropped into the folder are served without a restart. Requests are parsed in paho's
@@ -38,6 +38,7 @@ class PackageServer:
     packages: Path
     broker: str
     workers: int = 2
+    ingest: Any = None  # an edgekit.fleet.ingest.Ingest, or None to only serve chunks
     served: int = 0
     refused: int = 0
     _index: dict[str, Path] = field(default_factory=dict)
@@ -91,6 +92,9 @@ class PackageServer:
         return ChunkResponse(request.request_id, request.sha256, request.offset, data, digest)
 
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+        if self.ingest is not None and not msg.topic.endswith("/chunk/request"):
+            self.ingest.accept(msg.topic, msg.payload)
+            return
         try:
             fleet, device, _ = parse_topic(msg.topic)
             self._queue.put_nowait((fleet, device, ChunkRequest.from_json(msg.payload)))
@@ -110,7 +114,10 @@ class PackageServer:
     def start(self) -> None:
         self.client = mqtt.client("serve")
         self.client.on_message = self._on_message
-        self.client.on_connect = lambda c, *_: c.subscribe("edgekit/v1/+/+/chunk/request", qos=1)
+        kinds = ["chunk/request"] + (["state", "telemetry", "events"] if self.ingest is not None else [])
+        self.client.on_connect = lambda c, *_: c.subscribe([(f"edgekit/v1/+/+/{k}", 1) for k in kinds])
+        if self.ingest is not None:
+            self.ingest.start()
         mqtt.connect(self.client, self.broker)
         for _ in range(self.workers):
             threading.Thread(target=self._work, daemon=True, name="edgekit-serve").start()
@@ -119,5 +126,7 @@ class PackageServer:
         self._stop.set()
         self.client.disconnect()
         self.client.loop_stop()
+        if self.ingest is not None:
+            self.ingest.stop()
         for fd in self._fds.values():
             os.close(fd)

@@ -180,3 +180,40 @@ def members_from_bytes(data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
     reader = Reader(io.BytesIO(data))
     entries = [(n, b"".join(reader.read_data(s, n))) for n, s in reader.entries()]
     return entries[0][1], entries[2:]
+
+
+def heavy_onnx(*, hidden: int = 1024, layers: int = 48) -> bytes:
+    """The same function as ``tiny_onnx()`` (so the same sample passes) plus a costly branch multiplied by 0:
+    a real, deliberately slower model for rollouts that must be stopped on latency."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = np.arange(256, dtype=np.float32).reshape(16, 16) / 256
+    inits = [
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(np.ones(16, np.float32), "one"),
+        numpy_helper.from_array(rng.standard_normal((16, hidden)).astype(np.float32) / 4, "a"),
+        numpy_helper.from_array(rng.standard_normal((hidden, hidden)).astype(np.float32) / hidden**0.5, "b"),
+        numpy_helper.from_array(np.zeros(1, np.float32), "zero"),
+    ]
+    nodes = [helper.make_node("MatMul", ["x", "a"], ["h0"])]
+    for i in range(layers):
+        nodes.append(helper.make_node("MatMul", [f"h{i}", "b"], [f"h{i + 1}"]))
+    nodes += [
+        helper.make_node("ReduceSum", [f"h{layers}"], ["s"], keepdims=1),
+        helper.make_node("Mul", ["s", "zero"], ["z"]),
+        helper.make_node("MatMul", ["x", "w"], ["m"]),
+        helper.make_node("Add", ["m", "one"], ["m1"]),
+        helper.make_node("Add", ["m1", "z"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "heavy",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 16])],
+        inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()

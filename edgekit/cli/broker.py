@@ -1,0 +1,63 @@
+"""``edgekit broker``: a local broker for a one-machine fleet, and production Mosquitto configs."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgekit.cli import _options as opt
+from edgekit.cli._console import err, out, print_json
+
+app = typer.Typer(help="Run a local MQTT broker, or write a production Mosquitto config (broker config).")
+
+
+@app.callback(invoke_without_command=True)
+def broker(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Option(help="TCP port to listen on")] = 1883,
+    bind: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+) -> None:
+    """Run Mosquitto with edgekit's settings (or the embedded Python broker where Mosquitto is missing)
+    until Ctrl-C. For a secured broker see `edgekit broker config`."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from edgekit.cli.fleet import _wait_for_signal
+    from edgekit.fleet.broker import LocalBroker
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-broker-") as tmp:
+        local = LocalBroker(Path(tmp), port=port, bind=bind)
+        local.start()
+        err.print(f"{local.kind} listening on mqtt://{bind}:{port} (Ctrl-C stops it)", highlight=False)
+        try:
+            _wait_for_signal()
+        finally:
+            local.stop()
+
+
+@app.command()
+def config(
+    fleet: opt.Fleet = opt.DEFAULT_FLEET,
+    devices: Annotated[str, typer.Option(help="comma-separated device ids (each gets a user, a cert and ACLs)")] = "",
+    out_dir: Annotated[Path, typer.Option("--out", help="new directory for the config, keys and certificates")] = Path(
+        "broker-config"
+    ),
+    port: Annotated[int, typer.Option(help="TLS listener port")] = 8883,
+    bind: Annotated[str, typer.Option(help="listener address")] = "0.0.0.0",
+    hostname: Annotated[list[str], typer.Option(help="extra name or IP in the server certificate; repeatable")] = [],  # noqa: B006
+    fmt: opt.Format = "table",
+) -> None:
+    """Write mosquitto.conf + passwd + per-device ACLs + a CA, server and client certificates."""
+    from edgekit.fleet.brokerconf import generate
+
+    opt.check_format(fmt)
+    result = generate(out_dir, fleet=fleet, devices=[d for d in devices.split(",") if d], port=port, bind=bind,
+                      hostnames=hostname)  # fmt: skip
+    if fmt == "json":
+        print_json(result)
+        return
+    out.print(f"wrote {result['config']} for {len(result['users']) - 1} device(s) of fleet {fleet}", highlight=False)
+    out.print(f"run it with: mosquitto -c {result['config']}", highlight=False)
+    out.print(f"passwords are in {result['credentials']} (mode 0600); hand each device its own", highlight=False)

@@ -1,0 +1,376 @@
+"""Fleet commands: serve, deploy, rollout, and ``edgekit fleet label|status|watch|history|events|report``."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from edgekit.cli import _options as opt
+from edgekit.cli._console import err, out, print_json
+
+app = typer.Typer(help="Look at and organise the fleet: status, live watch, history, events, labels, report.",
+                  no_args_is_help=True)  # fmt: skip
+
+
+def _store(db: str) -> Any:
+    from edgekit.fleet.store import Store
+
+    return Store(db)
+
+
+def _when(epoch: float | None) -> str:
+    if not epoch:
+        return "never"
+    age = time.time() - epoch
+    if age < 120:
+        return f"{age:.0f} s ago"
+    if age < 7200:
+        return f"{age / 60:.0f} min ago"
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _wait_for_signal() -> None:
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+
+
+# -- serve ----------------------------------------------------------------------------------------------
+def serve(
+    packages: opt.Packages = opt.DEFAULT_PACKAGES,
+    broker: opt.Broker = opt.DEFAULT_BROKER,
+    db: opt.Db = opt.DEFAULT_DB,
+    no_ingest: Annotated[bool, typer.Option("--no-ingest", help="only answer chunk requests")] = False,
+    metrics_port: Annotated[int | None, typer.Option(help="serve Prometheus metrics on 127.0.0.1:PORT/metrics")] = None,
+) -> None:
+    """Answer devices' chunk requests and ingest their state, telemetry and events until Ctrl-C."""
+    from edgekit.fleet.ingest import Ingest
+    from edgekit.fleet.serve import PackageServer
+
+    sys.setswitchinterval(0.001)  # paho thread -> workers hand-offs; see edgekit_agent.cli
+    ingest = None if no_ingest else Ingest(_store(db))
+    server = PackageServer(packages, broker, ingest=ingest)
+    index = server.rescan()
+    server.start()
+    metrics = None
+    if metrics_port is not None:
+        from edgekit.fleet.metrics import MetricsServer
+
+        metrics = MetricsServer(metrics_port, server, db)
+        metrics.start()
+    err.print(f"serving {len(index)} package(s) from {packages} on {broker}"
+              + ("" if ingest is None else f"; ingesting into {db}")
+              + ("" if metrics is None else f"; metrics on http://127.0.0.1:{metrics_port}/metrics"),
+              highlight=False)  # fmt: skip
+    for sha, path in sorted(index.items(), key=lambda kv: kv[1].name):
+        err.print(f"  {path.name}  size {path.stat().st_size:,}  sha256 {sha}", highlight=False)
+    _wait_for_signal()
+    if metrics is not None:
+        metrics.stop()
+    server.stop()
+    stats = "" if ingest is None else f"; ingest {ingest.stats.to_json()}"
+    err.print(f"served {server.served} chunk(s), refused {server.refused}{stats}", highlight=False)
+
+
+# -- deploy ---------------------------------------------------------------------------------------------
+def deploy(
+    package: Annotated[Path, typer.Argument(help="a signed .edgepkg")],
+    device: Annotated[list[str], typer.Option(help="device id; repeatable")] = [],  # noqa: B006 (typer idiom)
+    group: Annotated[str | None, typer.Option(help="'all', a profile, a 'group' label or key=value")] = None,
+    fleet: opt.Fleet = opt.DEFAULT_FLEET,
+    broker: opt.Broker = opt.DEFAULT_BROKER,
+    db: opt.Db = opt.DEFAULT_DB,
+    packages: opt.Packages = opt.DEFAULT_PACKAGES,
+    fmt: opt.Format = "table",
+) -> None:
+    """Publish the retained desired state: the devices download, verify, smoke-test and switch."""
+    from edgekit.fleet.deploy import deploy as publish
+    from edgekit.fleet.deploy import release, targets
+
+    opt.check_format(fmt)
+    store = _store(db)
+    rel = release(package, packages)
+    rows = targets(store, fleet, devices=device, group=group, profile=rel.profile)
+    names = [r["device"] for r in rows]
+    publish(store, broker, fleet, rel, names)
+    if fmt == "json":
+        print_json({"package": rel.to_json(), "devices": names})
+        return
+    d = rel.desired
+    out.print(f"desired {d.name} {d.version} (counter {d.counter}) published to {len(names)} device(s): "
+              f"{', '.join(names)}", highlight=False)  # fmt: skip
+
+
+# -- rollout --------------------------------------------------------------------------------------------
+def rollout(
+    target: Annotated[str, typer.Argument(help="a .edgepkg to roll out, or status | resume | abort")],
+    group: Annotated[str | None, typer.Option(help="'all', a profile, a 'group' label or key=value")] = None,
+    waves: Annotated[str, typer.Option(help="cumulative waves: counts or percentages")] = "1,10%,50%,100%",
+    max_p95_regression: Annotated[str, typer.Option(help="stop when p95 grows more than this")] = "20%",
+    max_error_rate: Annotated[str, typer.Option(help="stop when the error rate passes this")] = "1%",
+    min_soak: Annotated[str, typer.Option(help="healthy telemetry needed per wave (e.g. 60s, 5m)")] = "60s",
+    install_timeout: Annotated[str, typer.Option(help="time a wave has to install")] = "5m",
+    rollout_id: Annotated[str | None, typer.Option("--id", help="rollout id (default: the latest)")] = None,
+    key: opt.Key = None,
+    fleet: opt.Fleet = opt.DEFAULT_FLEET,
+    broker: opt.Broker = opt.DEFAULT_BROKER,
+    db: opt.Db = opt.DEFAULT_DB,
+    packages: opt.Packages = opt.DEFAULT_PACKAGES,
+    fmt: opt.Format = "table",
+) -> None:
+    """Canary rollout in waves, compared with the same devices on the previous version; a breach rolls back.
+
+    State lives in the store: `edgekit rollout status`, `resume` (after a restart) and `abort` work from any
+    terminal. Rolling back re-issues the previous model under a new counter, so it needs --key.
+    """
+    from edgekit.fleet import rollout as ro
+
+    opt.check_format(fmt)
+    store = _store(db)
+    key = key or _default_key()
+
+    def runner(doc: dict[str, Any]) -> ro.Runner:
+        log = (lambda m: err.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {m}", highlight=False)) if fmt == "table" \
+            else (lambda _m: None)  # fmt: skip
+        return ro.Runner(store, broker, doc, key=key, repository=packages, on_log=log)
+
+    if target == "status":
+        doc = ro.find(store, fleet, rollout_id)
+    elif target == "resume":
+        doc = runner(ro.find(store, fleet, rollout_id)).run()
+    elif target == "abort":
+        doc = ro.abort(store, ro.find(store, fleet, rollout_id), runner)
+    else:
+        if group is None:
+            raise opt.OptionInvalid("edgekit rollout PKG needs --group G (or use status | resume | abort)")
+        policy = ro.Policy(
+            max_p95_regression=opt.percent(max_p95_regression, "--max-p95-regression"),
+            max_error_rate=opt.percent(max_error_rate, "--max-error-rate"),
+            min_soak=opt.duration(min_soak, "--min-soak"),
+            install_timeout=opt.duration(install_timeout, "--install-timeout"),
+        )
+        package = Path(target)
+        if not package.is_file():
+            raise opt.OptionInvalid(f"{target} is neither a package file nor status | resume | abort")
+        doc = ro.plan(store, fleet, package, packages, group, waves.split(","), policy)
+        if fmt == "table":
+            err.print(f"rollout {doc['id']}: {len(doc['waves'])} wave(s) over "
+                      f"{sum(len(w['devices']) for w in doc['waves'])} device(s)", highlight=False)  # fmt: skip
+        doc = runner(doc).run()
+    if fmt == "json":
+        print_json(doc)
+    else:
+        _render_rollout(doc)
+    if target != "status" and doc["status"] in ("rolled_back", "aborted"):
+        raise typer.Exit(3)  # the rollout did not land: scripts must notice
+
+
+def _default_key() -> Path | None:
+    from edgekit.keys import DEFAULT_NAME, default_dir
+
+    path = default_dir() / f"{DEFAULT_NAME}.key"
+    return path if path.exists() else None
+
+
+def _render_rollout(doc: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    p = doc["package"]
+    table = Table(title=f"rollout {doc['id']}: {p['name']} {p['version']} → group {doc['group']} "
+                        f"({doc['status']})", title_justify="left")  # fmt: skip
+    for col in ("wave", "devices", "status", "p95 before", "p95 after", "errors after", "note"):
+        table.add_column(col)
+    for i, w in enumerate(doc["waves"], 1):
+        base, seen = w.get("baseline") or {}, w.get("observed") or {}
+        ms = lambda v: "–" if v is None else f"{v:.3f} ms"  # noqa: E731
+        table.add_row(
+            f"{i} ({w['spec']})", str(len(w["devices"])), w["status"], ms(base.get("p95_ms")),
+            ms(seen.get("p95_ms")), "–" if seen.get("error_rate") is None else f"{seen['error_rate']:.2%}",
+            w.get("reason", ""),
+        )  # fmt: skip
+    out.print(table)
+    if doc.get("reason"):
+        out.print(f"reason: {doc['reason']}", highlight=False)
+
+
+# -- fleet label / status / watch / history / events / report -------------------------------------------
+@app.command()
+def label(
+    device: Annotated[str, typer.Argument(help="device id")],
+    labels: Annotated[list[str], typer.Argument(help="key=value to set, key= to remove")],
+    fleet: opt.Fleet = opt.DEFAULT_FLEET,
+    db: opt.Db = opt.DEFAULT_DB,
+    fmt: opt.Format = "table",
+) -> None:
+    """Label a device (groups for deploy and rollout: --group key=value, or a 'group' label's value)."""
+    opt.check_format(fmt)
+    changes: dict[str, str | None] = {}
+    for item in labels:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise opt.OptionInvalid(f"label {item!r} must be key=value (or key= to remove it)")
+        changes[key] = value or None
+    result = _store(db).label(fleet, device, changes)
+    if fmt == "json":
+        print_json({"device": device, "labels": result})
+    else:
+        out.print(f"{device}: " + (", ".join(f"{k}={v}" for k, v in sorted(result.items())) or "no labels"))
+
+
+def status_rows(store: Any, fleet: str) -> list[dict[str, Any]]:
+    latest = store.latest_telemetry(fleet)
+    rows = []
+    for d in store.devices(fleet):
+        t = latest.get(d["device"], {})
+        rows.append({
+            "device": d["device"], "profile": d["profile"], "online": d["status"] == "online",
+            "package": d["package_name"], "version": d["package_version"], "runtime": d["runtime"],
+            "p50_ms": t.get("p50"), "p95_ms": t.get("p95"), "inferences_per_s": t.get("throughput"),
+            "power_w": t.get("power_w"), "power_source": t.get("power_source"),
+            "energy_mj_per_inference": t.get("energy_mj"), "energy_is_estimate": bool(t.get("energy_is_estimate")),
+            "labels": d["labels"], "last_seen": d["last_seen"],
+        })  # fmt: skip
+    return rows
+
+
+def status_table(rows: list[dict[str, Any]], fleet: str) -> Any:
+    from rich.table import Table
+
+    def num(v: Any, spec: str) -> str:
+        return "–" if v is None else format(v, spec)
+
+    table = Table(title=f"fleet {fleet}: {sum(r['online'] for r in rows)}/{len(rows)} online", title_justify="left")
+    for col in ("device", "profile", "online", "package", "runtime", "p50 ms", "p95 ms", "inf/s", "power W",
+                "mJ/inf", "last seen"):  # fmt: skip
+        table.add_column(col)
+    for r in rows:
+        power = "unavailable" if r["power_w"] is None else f"{r['power_w']:.2f} ({r['power_source']})"
+        estimated = r["energy_is_estimate"] and r["energy_mj_per_inference"] is not None
+        energy = num(r["energy_mj_per_inference"], ".3f") + (" est." if estimated else "")
+        table.add_row(
+            r["device"], r["profile"] or "?", "[green]yes[/]" if r["online"] else "[red]no[/]",
+            f"{r['package']}@{r['version']}" if r["package"] else "–", r["runtime"] or "–",
+            num(r["p50_ms"], ".3f"), num(r["p95_ms"], ".3f"), num(r["inferences_per_s"], ".1f"), power, energy,
+            _when(r["last_seen"]),
+        )  # fmt: skip
+    return table
+
+
+@app.command()
+def status(fleet: opt.Fleet = opt.DEFAULT_FLEET, db: opt.Db = opt.DEFAULT_DB, fmt: opt.Format = "table") -> None:
+    """One row per device: online, package, runtime, latency, throughput, power, energy, last seen."""
+    opt.check_format(fmt)
+    rows = status_rows(_store(db), fleet)
+    if fmt == "json":
+        print_json(rows)
+    elif not rows:
+        out.print(f"no device has reported in fleet {fleet!r} yet (is edgekit serve ingesting into this --db?)")
+    else:
+        out.print(status_table(rows, fleet))
+
+
+@app.command()
+def watch(
+    fleet: opt.Fleet = opt.DEFAULT_FLEET,
+    db: opt.Db = opt.DEFAULT_DB,
+    interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 2.0,
+    count: Annotated[int | None, typer.Option(help="stop after this many refreshes (default: Ctrl-C)")] = None,
+) -> None:
+    """The status table, refreshed live until Ctrl-C."""
+    from rich.live import Live
+
+    store = _store(db)
+    n = 0
+    with Live(status_table(status_rows(store, fleet), fleet), console=out, auto_refresh=False) as live:
+        while count is None or n < count:
+            n += 1
+            live.update(status_table(status_rows(store, fleet), fleet), refresh=True)
+            if count is not None and n >= count:
+                break
+            time.sleep(interval)
+
+
+@app.command()
+def history(
+    device: Annotated[str, typer.Argument(help="device id")],
+    metric: Annotated[str, typer.Option(help="p50, p95, p99, throughput, power_w, energy_mj, …")] = "p95",
+    since: Annotated[str, typer.Option(help="how far back (90s, 30m, 1h, 2d)")] = "1h",
+    fleet: opt.Fleet = opt.DEFAULT_FLEET,
+    db: opt.Db = opt.DEFAULT_DB,
+    fmt: opt.Format = "table",
+) -> None:
+    """A device's telemetry metric over time, with the package version that produced each value."""
+    from rich.table import Table
+
+    from edgekit.fleet.store import METRICS
+
+    opt.check_format(fmt)
+    if metric not in METRICS:
+        raise opt.OptionInvalid(f"--metric {metric!r} is not one of {', '.join(METRICS)}")
+    store = _store(db)
+    store.device(fleet, device)
+    rows = store.telemetry(fleet, device, since=time.time() - opt.duration(since, "--since"))
+    points = [{"time": r["t"], "version": r["package_version"], metric: r[metric]} for r in rows]
+    if fmt == "json":
+        print_json(points)
+        return
+    table = Table(title=f"{device} {metric} over the last {since}", title_justify="left")
+    for col in ("time (UTC)", "version", metric):
+        table.add_column(col)
+    for p in points:
+        stamp = datetime.fromtimestamp(p["time"], UTC).strftime("%H:%M:%S")
+        table.add_row(stamp, p["version"] or "–", "–" if p[metric] is None else f"{p[metric]:.4g}")
+    out.print(table if points else f"no telemetry from {device} in the last {since}")
+
+
+@app.command()
+def events(
+    device: Annotated[str | None, typer.Option(help="only this device")] = None,
+    since: Annotated[str, typer.Option(help="how far back (90s, 30m, 1h, 2d)")] = "1d",
+    limit: Annotated[int, typer.Option(help="at most this many (the newest)")] = 50,
+    fleet: opt.Fleet = opt.DEFAULT_FLEET,
+    db: opt.Db = opt.DEFAULT_DB,
+    fmt: opt.Format = "table",
+) -> None:
+    """Updates, rollbacks, fallbacks and errors the devices reported."""
+    from rich.table import Table
+
+    opt.check_format(fmt)
+    store = _store(db)
+    if device:
+        store.device(fleet, device)
+    rows = store.events(fleet, device, since=time.time() - opt.duration(since, "--since"), limit=limit)
+    if fmt == "json":
+        print_json(rows)
+        return
+    table = Table(title=f"events in fleet {fleet}", title_justify="left")
+    for col in ("time (UTC)", "device", "kind", "details"):
+        table.add_column(col)
+    skip = {"kind", "device", "time"}
+    for r in rows:
+        details = ", ".join(f"{k}={v}" for k, v in sorted(r["body"].items()) if k not in skip)
+        stamp = datetime.fromtimestamp(r["t"], UTC).strftime("%m-%d %H:%M:%S")
+        table.add_row(stamp, r["device"], r["kind"], details[:160])
+    out.print(table if rows else "no events")
+
+
+@app.command()
+def report(
+    out_path: Annotated[Path, typer.Option("--out", help="the HTML file to write")] = Path("fleet-report.html"),
+    since: Annotated[str, typer.Option(help="how far back (90s, 30m, 1h, 2d)")] = "1d",
+    fleet: opt.Fleet = opt.DEFAULT_FLEET,
+    db: opt.Db = opt.DEFAULT_DB,
+) -> None:
+    """One self-contained HTML file: latency per device, power/energy, versions, rollout timeline."""
+    from edgekit.fleet.report import write_report
+
+    path = write_report(_store(db), fleet, out_path, since=time.time() - opt.duration(since, "--since"))
+    out.print(f"wrote {path} ({path.stat().st_size:,} bytes)", highlight=False)

@@ -1,0 +1,87 @@
+"""``edgekit serve --metrics-port``: the fleet in Prometheus text format (exposition format 0.0.4).
+
+Written with the standard library's HTTP server: one endpoint, a few gauges and counters, no need for a
+client library. Values come from the serve process's counters and the store's latest telemetry per device.
+"""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render(server: Any, store: Any) -> str:
+    lines = [
+        "# HELP edgekit_chunks_served_total Package chunks answered by this serve process.",
+        "# TYPE edgekit_chunks_served_total counter",
+        f"edgekit_chunks_served_total {server.served}",
+        "# HELP edgekit_chunk_requests_refused_total Malformed or unanswerable chunk requests.",
+        "# TYPE edgekit_chunk_requests_refused_total counter",
+        f"edgekit_chunk_requests_refused_total {server.refused}",
+    ]
+    if server.ingest is not None:
+        for name, value in server.ingest.stats.to_json().items():
+            if isinstance(value, int):
+                lines += [f"# TYPE edgekit_ingest_{name}_total counter", f"edgekit_ingest_{name}_total {value}"]
+    gauges = {
+        "device_online": ("1 when the device's retained state is online", lambda d, t: int(d["status"] == "online")),
+        "device_latency_p95_ms": ("p95 inference latency in the last telemetry interval", lambda d, t: t.get("p95")),
+        "device_throughput": ("inferences per second in the last interval", lambda d, t: t.get("throughput")),
+        "device_power_watts": ("device power (the source label says measured or estimate)",
+                               lambda d, t: t.get("power_w")),
+        "device_last_seen_seconds": ("Unix time of the last message", lambda d, t: d["last_seen"]),
+    }  # fmt: skip
+    fleets = sorted(r["fleet"] for r in store.query("SELECT DISTINCT fleet FROM devices"))
+    per_fleet = [(f, store.devices(f), store.latest_telemetry(f)) for f in fleets]
+    for name, (help_text, get) in gauges.items():
+        lines += [f"# HELP edgekit_{name} {help_text}", f"# TYPE edgekit_{name} gauge"]
+        for fleet, devices, latest in per_fleet:
+            for d in devices:
+                t = latest.get(d["device"], {})
+                value = get(d, t)
+                if value is None:
+                    continue
+                labels = f'fleet="{_escape(fleet)}",device="{_escape(d["device"])}"'
+                if name == "device_power_watts":
+                    labels += f',source="{_escape(t.get("power_source") or "none")}"'
+                lines.append(f"edgekit_{name}{{{labels}}} {float(value):g}")
+    return "\n".join(lines) + "\n"
+
+
+class MetricsServer:
+    def __init__(self, port: int, server: Any, db: str) -> None:
+        from edgekit.fleet.store import Store
+
+        store = Store(db)
+        lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] != "/metrics":
+                    self.send_error(404, "only /metrics is served")
+                    return
+                with lock:
+                    body = render(server, store).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.port = self.httpd.server_address[1]
+
+    def start(self) -> None:
+        threading.Thread(target=self.httpd.serve_forever, daemon=True, name="edgekit-metrics").start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,208 @@
+"""``edgekit fleet report``: one self-contained HTML file (plots inlined as PNG data URIs, no scripts).
+
+Plots: p95 latency over time per device (version changes marked), power and energy per inference per
+device (estimates drawn dashed and labelled), devices per package version over time, and the rollout
+timeline (waves as bars, coloured by outcome). The status table and the latest events complete it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import itertools
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import OutputNotWritable
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _dates(values: list[float]) -> list[datetime]:
+    return [datetime.fromtimestamp(v, UTC) for v in values]
+
+
+def _by_device(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(r["device"], []).append(r)
+    return out
+
+
+def _latency(rows: list[dict[str, Any]]) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    for device, series in sorted(_by_device(rows).items()):
+        pts = [r for r in series if r["p95"] is not None]
+        if not pts:
+            continue
+        (line,) = ax.plot(_dates([r["received"] for r in pts]), [r["p95"] for r in pts], marker=".", label=device)
+        for prev, cur in itertools.pairwise(pts):
+            if cur["package_version"] != prev["package_version"]:
+                ax.axvline(_dates([cur["received"]])[0], color=line.get_color(), alpha=0.3, linestyle=":")
+    ax.set_ylabel("p95 latency (ms)")
+    ax.set_title("Inference latency per device (dotted: version change)")
+    if ax.lines:
+        ax.legend(fontsize=7, ncol=4)
+    fig.autofmt_xdate()
+    return _png(fig)
+
+
+def _power(rows: list[dict[str, Any]]) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5.2), sharex=True)
+    for device, series in sorted(_by_device(rows).items()):
+        pts = [r for r in series if r["power_w"] is not None]
+        if not pts:
+            continue
+        estimate = any(r["energy_is_estimate"] for r in pts)
+        style = "--" if estimate else "-"
+        source = pts[-1]["power_source"]
+        when = _dates([r["received"] for r in pts])
+        top.plot(when, [r["power_w"] for r in pts], style, label=f"{device} ({source})")
+        energy = [(w, r["energy_mj"]) for w, r in zip(when, pts, strict=True) if r["energy_mj"] is not None]
+        if energy:
+            bottom.plot([e[0] for e in energy], [e[1] for e in energy], style, label=device)
+    top.set_ylabel("power (W)")
+    top.set_title("Power and energy per inference (dashed: estimate from the profile's power model)")
+    bottom.set_ylabel("mJ / inference")
+    for ax in (top, bottom):
+        if ax.lines:
+            ax.legend(fontsize=7, ncol=4)
+    if not top.lines:
+        top.text(0.5, 0.5, "no power readings (source: none)", ha="center", transform=top.transAxes)
+    fig.autofmt_xdate()
+    return _png(fig)
+
+
+def _versions(rows: list[dict[str, Any]]) -> str:
+    """Devices per version in time buckets, from the version each device's telemetry reported."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    if rows:
+        start, end = rows[0]["received"], rows[-1]["received"]
+        buckets = 40
+        width = max((end - start) / buckets, 1.0)
+        versions = sorted({r["package_version"] or "none" for r in rows})
+        counts = {v: [0] * buckets for v in versions}
+        seen: list[dict[str, str]] = [{} for _ in range(buckets)]
+        for r in rows:
+            b = min(int((r["received"] - start) / width), buckets - 1)
+            seen[b][r["device"]] = r["package_version"] or "none"
+        for b, devices in enumerate(seen):
+            for v in devices.values():
+                counts[v][b] += 1
+        x = _dates([start + (i + 0.5) * width for i in range(buckets)])
+        ax.stackplot(x, *[counts[v] for v in versions], labels=versions, alpha=0.85)
+        ax.legend(fontsize=7, loc="upper left")
+    ax.set_ylabel("devices reporting")
+    ax.set_title("Package versions across the fleet")
+    fig.autofmt_xdate()
+    return _png(fig)
+
+
+def _rollouts(rollouts: list[dict[str, Any]]) -> str:
+    import matplotlib.pyplot as plt
+
+    colours = {"healthy": "tab:green", "breached": "tab:red", "installing": "tab:orange", "soaking": "tab:blue",
+               "pending": "lightgrey"}  # fmt: skip
+    fig, ax = plt.subplots(figsize=(9, 0.6 + 0.45 * max(1, sum(len(r["waves"]) for r in rollouts))))
+    labels, y = [], 0
+    for r in rollouts:
+        for i, w in enumerate(r["waves"], 1):
+            begin = w.get("started")
+            if begin is None:
+                continue
+            end = w.get("finished") or w.get("installed") or (r["log"][-1]["t"] if r["log"] else begin + 1)
+            ax.barh(y, max(end - begin, 1.0) / 60, left=_mins(begin, rollouts), color=colours.get(w["status"], "grey"))
+            labels.append(f"{r['package']['version']} w{i} ({len(w['devices'])}) {w['status']}")
+            y += 1
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_xlabel("minutes since the first rollout started")
+    ax.set_title("Rollout timeline (green healthy, red breached → rolled back)")
+    if not labels:
+        ax.text(0.5, 0.5, "no rollouts", ha="center", transform=ax.transAxes)
+    return _png(fig)
+
+
+def _mins(t: float, rollouts: list[dict[str, Any]]) -> float:
+    first = min(w["started"] for r in rollouts for w in r["waves"] if w.get("started"))
+    return (t - first) / 60
+
+
+def write_report(store: Any, fleet: str, out: Path, *, since: float) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from edgekit.cli.fleet import status_rows
+
+    telemetry = store.telemetry(fleet, since=since)
+    rollouts = store.rollouts(fleet)
+    status = status_rows(store, fleet)
+    events = store.events(fleet, since=since, limit=100)
+    images = {
+        "Latency": _latency(telemetry),
+        "Power and energy": _power(telemetry),
+        "Versions": _versions(telemetry),
+        "Rollouts": _rollouts(rollouts),
+    }
+    e = html.escape
+
+    def cell(v: Any) -> str:
+        return e("–" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v)))
+
+    cols = ("device", "profile", "online", "package", "version", "runtime", "p50_ms", "p95_ms", "inferences_per_s",
+            "power_w", "power_source", "energy_mj_per_inference")  # fmt: skip
+    head = "".join(f"<th>{e(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{cell(r[c])}</td>" for c in cols) + "</tr>" for r in status)
+
+    def details(body: dict[str, Any]) -> str:
+        return str({k: v for k, v in body.items() if k not in ("kind", "device", "time")})
+
+    ev = "".join(
+        f"<tr><td>{e(datetime.fromtimestamp(x['t'], UTC).strftime('%Y-%m-%d %H:%M:%S'))}</td><td>{e(x['device'])}"
+        f"</td><td>{e(x['kind'])}</td><td>{e(details(x['body']))}</td></tr>"
+        for x in events[-50:]
+    )  # fmt: skip
+    ro = "".join(
+        f"<tr><td>{e(r['id'])}</td><td>{e(r['package']['name'])} {e(r['package']['version'])}</td>"
+        f"<td>{e(r['group'])}</td><td>{e(r['status'])}</td><td>{e(r.get('reason', ''))}</td></tr>"
+        for r in rollouts
+    )
+    figures = "".join(f"<h2>{e(t)}</h2><img alt='{e(t)}' src='{src}'>" for t, src in images.items())
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>edgekit fleet {e(fleet)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:3px 6px}}img{{max-width:100%}}</style></head><body>
+<h1>edgekit fleet <code>{e(fleet)}</code></h1>
+<p>Generated {generated} from {len(telemetry)} telemetry messages and {len(events)} events since
+{e(datetime.fromtimestamp(since, UTC).strftime("%Y-%m-%d %H:%M:%SZ"))}. Power labelled <i>estimate</i> comes
+from the profile's power model, not a sensor.</p>
+<h2>Devices</h2><table><tr>{head}</tr>{body}</table>
+<h2>Rollouts</h2><table><tr><th>id</th><th>package</th><th>group</th><th>status</th><th>reason</th></tr>{ro}</table>
+{figures}
+<h2>Latest events</h2><table><tr><th>time (UTC)</th><th>device</th><th>kind</th><th>details</th></tr>{ev}</table>
+</body></html>"""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(page)
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise OutputNotWritable(f"cannot write {out} ({exc.strerror}); choose another --out") from None
+    return out

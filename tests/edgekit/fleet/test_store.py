@@ -1,0 +1,88 @@
+"""The fleet store on SQLite and PostgreSQL: idempotent ingest, device state, labels and groups, errors."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from stores import store_url
+
+from edgekit.fleet.store import Message, Store, StoreUnreachable, UnknownDevice, digest
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    with store_url(request.param, tmp_path) as url:
+        s = Store(url)
+        yield s
+        s.close()
+
+
+def msg(kind: str, device: str, body: dict, fleet: str = "lab") -> Message:
+    payload = json.dumps(body, sort_keys=True).encode()
+    return Message(fleet, device, kind, body, digest(f"edgekit/v1/{fleet}/{device}/{kind}", payload), time.time())
+
+
+def state(device: str, version: str | None, status: str = "online", profile: str = "x86-64-generic") -> Message:
+    package = {"name": "tiny", "version": version, "counter": 7} if version else None
+    return msg("state", device, {"status": status, "device": device, "profile": profile, "package": package,
+                                 "runtime": "onnxruntime:CPUExecutionProvider", "capabilities": {"runtimes": ["ort"]},
+                                 "time": "2026-11-23T10:00:00.000000Z"})  # fmt: skip
+
+
+def telemetry(device: str, seq: int, p95: float = 1.5, version: str = "v1") -> Message:
+    return msg("telemetry", device, {"seq": seq, "inferences": 10, "errors": 1, "latency_ms": {"p50": 1.0, "p95": p95,
+               "p99": 2.0}, "power": {"watts": 3.5, "source": "estimate"}, "energy_per_inference_mj": 0.5,
+               "energy_is_estimate": True, "package": {"version": version}, "throughput_per_s": 20.0,
+               "time": f"2026-11-23T10:00:{seq:02d}.000000Z"})  # fmt: skip
+
+
+def test_ingest_is_idempotent_under_duplicates(store):
+    batch = [state("a", "v1"), *[telemetry("a", i) for i in range(5)], msg("events", "a", {"kind": "update"})]
+    store.ingest(batch)
+    new = store.ingest([telemetry("a", 2), telemetry("a", 3), msg("events", "a", {"kind": "update"})])
+    assert new == 0
+    counts = store.counts()
+    assert counts["telemetry"] == 5 and counts["events"] == 1 and counts["devices"] == 1
+    row = store.telemetry("lab", "a")[0]
+    assert row["p95"] == 1.5 and row["power_source"] == "estimate" and row["energy_is_estimate"] == 1
+    assert row["package_version"] == "v1" and row["inferences"] == 10
+
+
+def test_state_upsert_keeps_the_package_when_the_last_will_arrives(store):
+    store.ingest([state("a", "v1")])
+    store.ingest([state("a", "v2")])
+    store.ingest([state("a", "v1", status="offline")])  # a last will composed when v1 was running
+    device = store.device("lab", "a")
+    assert device["status"] == "offline" and device["package_version"] == "v2"
+
+
+def test_wrongly_typed_fields_are_stored_as_null_not_fatal(store):
+    bad = msg("telemetry", "a", {"latency_ms": "fast", "inferences": "many", "power": [], "time": 12})
+    assert store.ingest([bad]) == 1
+    row = store.telemetry("lab", "a")[0]
+    assert row["p95"] is None and row["inferences"] is None and row["power_w"] is None
+
+
+def test_labels_and_groups(store):
+    store.ingest([state("a", "v1"), state("b", "v1"), state("c", "v1", profile="rpi4")])
+    store.label("lab", "a", {"group": "canary", "site": "paris"})
+    store.label("lab", "b", {"site": "paris"})
+    assert [d["device"] for d in store.group("lab", "canary")] == ["a"]
+    assert [d["device"] for d in store.group("lab", "site=paris")] == ["a", "b"]
+    assert [d["device"] for d in store.group("lab", "rpi4")] == ["c"]
+    assert len(store.group("lab", "all")) == 3
+    assert store.label("lab", "a", {"site": None}) == {"group": "canary"}
+    with pytest.raises(UnknownDevice, match="unknown device 'zz'.*known: a, b, c"):
+        store.device("lab", "zz")
+
+
+def test_unreachable_stores_name_the_problem(tmp_path):
+    with pytest.raises(StoreUnreachable, match="cannot reach PostgreSQL at 127.0.0.1:1"):
+        Store("postgresql://postgres@127.0.0.1:1/test")
+    with pytest.raises(StoreUnreachable, match="must be sqlite"):
+        Store("mysql://x")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StoreUnreachable, match="cannot open the SQLite store"):
+        Store(f"sqlite:///{tmp_path / 'file' / 'fleet.db'}")
