@@ -74,12 +74,12 @@ def test_labels_and_groups(store):
     assert [d["device"] for d in store.group("lab", "rpi4")] == ["c"]
     assert len(store.group("lab", "all")) == 3
     assert store.label("lab", "a", {"site": None}) == {"group": "canary"}
-    with pytest.raises(UnknownDevice, match="unknown device 'zz'.*known: a, b, c"):
+    with pytest.raises(UnknownDevice, match=r"unknown device 'zz'.*known: a, b, c"):
         store.device("lab", "zz")
 
 
 def test_unreachable_stores_name_the_problem(tmp_path):
-    with pytest.raises(StoreUnreachable, match="cannot reach PostgreSQL at 127.0.0.1:1"):
+    with pytest.raises(StoreUnreachable, match=r"cannot reach PostgreSQL at 127\.0\.0\.1:1"):
         Store("postgresql://postgres@127.0.0.1:1/test")
     with pytest.raises(StoreUnreachable, match="must be sqlite"):
         Store("mysql://x")
