@@ -47,6 +47,9 @@ def config(
     port: Annotated[int, typer.Option(help="TLS listener port")] = 8883,
     bind: Annotated[str, typer.Option(help="listener address")] = "0.0.0.0",
     hostname: Annotated[list[str], typer.Option(help="extra name or IP in the server certificate; repeatable")] = [],  # noqa: B006
+    run_as: Annotated[
+        str | None, typer.Option(help="user Mosquitto runs as (it must own the files; root drops to 'mosquitto')")
+    ] = None,
     fmt: opt.Format = "table",
 ) -> None:
     """Write mosquitto.conf + passwd + per-device ACLs + a CA, server and client certificates."""
@@ -54,7 +57,7 @@ def config(
 
     opt.check_format(fmt)
     result = generate(out_dir, fleet=fleet, devices=[d for d in devices.split(",") if d], port=port, bind=bind,
-                      hostnames=hostname)  # fmt: skip
+                      hostnames=hostname, run_as=run_as)  # fmt: skip
     if fmt == "json":
         print_json(result)
         return
