@@ -11,6 +11,10 @@ import typer
 from edgekit.cli import _options as opt
 from edgekit.cli._console import err, print_json
 
+# Each simulated device is a paho client with a socket and a wake-up socket pair; paho waits on them with
+# select(), which fails for descriptors above 1024: measured, the ~340th client in one process never connects.
+MAX_PER_PROCESS = 250
+
 app = typer.Typer(help="Simulated devices for load tests and demos.", no_args_is_help=True)
 
 
@@ -23,6 +27,9 @@ def agents(
     prefix: Annotated[str, typer.Option(help="device ids are PREFIX-0000, PREFIX-0001, …")] = "sim",
     rate: Annotated[float, typer.Option(help="telemetry messages per second per device")] = 1.0,
     duration: Annotated[str, typer.Option(help="how long to run (e.g. 60s, 5m)")] = "60s",
+    messages: Annotated[
+        int | None, typer.Option(help="send exactly this many per device, as fast as possible (load tests)")
+    ] = None,
     real: Annotated[bool, typer.Option("--real", help="real agents (download, verify, install, serve)")] = False,
     trust: opt.Trust = [],  # noqa: B006
     data_dir: Annotated[Path, typer.Option(help="--real: where the agents keep their installs")] = Path("sim-data"),
@@ -33,6 +40,11 @@ def agents(
     opt.check_format(fmt)
     if count < 1:
         raise opt.OptionInvalid("COUNT must be 1 or more")
+    if count > MAX_PER_PROCESS and not real:
+        raise opt.OptionInvalid(
+            f"COUNT {count} is over {MAX_PER_PROCESS} per process (paho's select() loop cannot watch sockets "
+            "numbered above 1024); run several edgekit sim agents with different --prefix"
+        )
     if rate <= 0:
         raise opt.OptionInvalid("--rate must be above 0")
     seconds = opt.duration(duration, "--duration")
@@ -46,7 +58,10 @@ def agents(
         err.print(f"{count} simulated device(s) online in fleet {fleet}; {rate:g} msg/s each for {seconds:g} s",
                   highlight=False)  # fmt: skip
         try:
-            took = sim.run(messages=max(1, int(seconds * rate)), rate=rate)
+            if messages is not None:
+                took = sim.run(messages=messages, rate=None)
+            else:
+                took = sim.run(messages=max(1, int(seconds * rate)), rate=rate)
             acked = sim.wait_acked(30)
         except KeyboardInterrupt:
             took, acked = 0.0, False
