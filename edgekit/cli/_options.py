@@ -75,6 +75,8 @@ Fleet = Annotated[str, typer.Option(envvar="EDGEKIT_FLEET", help="fleet name (th
 Packages = Annotated[
     Path, typer.Option(envvar="EDGEKIT_PACKAGES", help="package repository folder that edgekit serve answers from")
 ]
+Since = Annotated[str, typer.Option(help="how far back (90s, 30m, 1h, 2d)")]
+Group = Annotated[str | None, typer.Option(help="'all', a profile, a 'group' label's value or key=value")]
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 DEFAULT_DB = "sqlite:///fleet.db"
 DEFAULT_FLEET = "default"

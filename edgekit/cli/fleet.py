@@ -84,7 +84,7 @@ def serve(
 def deploy(
     package: Annotated[Path, typer.Argument(help="a signed .edgepkg")],
     device: Annotated[list[str], typer.Option(help="device id; repeatable")] = [],  # noqa: B006 (typer idiom)
-    group: Annotated[str | None, typer.Option(help="'all', a profile, a 'group' label or key=value")] = None,
+    group: opt.Group = None,
     fleet: opt.Fleet = opt.DEFAULT_FLEET,
     broker: opt.Broker = opt.DEFAULT_BROKER,
     db: opt.Db = opt.DEFAULT_DB,
@@ -112,7 +112,7 @@ def deploy(
 # -- rollout --------------------------------------------------------------------------------------------
 def rollout(
     target: Annotated[str, typer.Argument(help="a .edgepkg to roll out, or status | resume | abort")],
-    group: Annotated[str | None, typer.Option(help="'all', a profile, a 'group' label or key=value")] = None,
+    group: opt.Group = None,
     waves: Annotated[str, typer.Option(help="cumulative waves: counts or percentages")] = "1,10%,50%,100%",
     max_p95_regression: Annotated[str, typer.Option(help="stop when p95 grows more than this")] = "20%",
     max_error_rate: Annotated[str, typer.Option(help="stop when the error rate passes this")] = "1%",
@@ -302,7 +302,7 @@ def watch(
 def history(
     device: Annotated[str, typer.Argument(help="device id")],
     metric: Annotated[str, typer.Option(help="p50, p95, p99, throughput, power_w, energy_mj, …")] = "p95",
-    since: Annotated[str, typer.Option(help="how far back (90s, 30m, 1h, 2d)")] = "1h",
+    since: opt.Since = "1h",
     fleet: opt.Fleet = opt.DEFAULT_FLEET,
     db: opt.Db = opt.DEFAULT_DB,
     fmt: opt.Format = "table",
@@ -334,7 +334,7 @@ def history(
 @app.command()
 def events(
     device: Annotated[str | None, typer.Option(help="only this device")] = None,
-    since: Annotated[str, typer.Option(help="how far back (90s, 30m, 1h, 2d)")] = "1d",
+    since: opt.Since = "1d",
     limit: Annotated[int, typer.Option(help="at most this many (the newest)")] = 50,
     fleet: opt.Fleet = opt.DEFAULT_FLEET,
     db: opt.Db = opt.DEFAULT_DB,
@@ -365,7 +365,7 @@ def events(
 @app.command()
 def report(
     out_path: Annotated[Path, typer.Option("--out", help="the HTML file to write")] = Path("fleet-report.html"),
-    since: Annotated[str, typer.Option(help="how far back (90s, 30m, 1h, 2d)")] = "1d",
+    since: opt.Since = "1d",
     fleet: opt.Fleet = opt.DEFAULT_FLEET,
     db: opt.Db = opt.DEFAULT_DB,
 ) -> None:
