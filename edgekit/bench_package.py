@@ -8,7 +8,6 @@ read_chars), not from the verifier's own counter.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import statistics
 import tempfile
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.bench import header, log
+from edgekit.fleet.serve import sha256_file
 
 SIDE = 5000  # 5000 x 5000 float32 = 100 MB of weights
 
@@ -96,10 +96,7 @@ def run() -> dict[str, Any]:
         size = pkg.stat().st_size
 
         def sha_only() -> None:
-            h = hashlib.sha256()
-            with open(pkg, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    h.update(chunk)
+            sha256_file(pkg)
 
         dests = iter(range(100))
 

@@ -17,7 +17,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import OutputNotWritable, PackageSourceInvalid
+from edgekit.atomic import atomic_file
+from edgekit.errors import PackageSourceInvalid
 from edgekit.keys import load_signing_key
 
 PACKAGE_SECTION = "package"  # the part of report.json that says what goes into the package
@@ -139,8 +140,7 @@ def write_edgepkg(source: Path, out: Path, signing: Signing) -> SealResult:
             raise PackageSourceInvalid(f"{source / rel}: {exc.strerror}; re-run edgekit package") from None
         except PackageError as exc:
             raise PackageSourceInvalid(f"cannot package {rel!r}: {exc}") from None
-    issued = (signing.issued_at or issued_now()).astimezone(UTC).replace(microsecond=0)
-    counter = signing.counter if signing.counter is not None else int(issued.timestamp())
+    issued, counter = _issue(signing)
     raw = manifest_for(
         report,
         files,
@@ -157,14 +157,20 @@ def write_edgepkg(source: Path, out: Path, signing: Signing) -> SealResult:
         raise PackageSourceInvalid(f"the package would be invalid: {exc}") from None
     if out.is_dir():
         out = out / f"{raw['name']}-{raw['version']}.edgepkg"
-    manifest_bytes = mf.dumps(raw)
-    signature = signing_key.sign(manifest_bytes)
-    entries = [(mf.MANIFEST, manifest_bytes), (mf.SIGNATURE, signature), *sorted(files.items())]
-    digest = _atomic_write(out, entries, tarfmt.write)
-    return SealResult(out, digest, out.stat().st_size, raw)
+    return _seal(raw, files, signing_key, out)
 
 
-def _atomic_write(out: Path, entries: list[tuple[str, bytes]], write: Any) -> str:
+def _issue(signing: Signing) -> tuple[datetime, int]:
+    """(issue time to the second, counter): the counter defaults to the issue time in Unix seconds."""
+    issued = (signing.issued_at or issued_now()).astimezone(UTC).replace(microsecond=0)
+    return issued, signing.counter if signing.counter is not None else int(issued.timestamp())
+
+
+def _seal(raw: dict[str, Any], files: dict[str, bytes], signing_key: Any, out: Path) -> SealResult:
+    """Sign ``raw``'s exact bytes and write the canonical tar to ``out`` (replaced atomically)."""
+    from edgekit_agent import manifest as mf
+    from edgekit_agent import tarfmt
+
     class _Hashing:
         def __init__(self, fh: Any) -> None:
             self.fh, self.hash = fh, hashlib.sha256()
@@ -173,22 +179,12 @@ def _atomic_write(out: Path, entries: list[tuple[str, bytes]], write: Any) -> st
             self.hash.update(data)
             self.fh.write(data)
 
-    tmp = None
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        with os.fdopen(fd, "wb") as fh:
-            sink = _Hashing(fh)
-            write(sink, entries)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-        return sink.hash.hexdigest()
-    except OSError as exc:
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
-        raise OutputNotWritable(f"cannot write {out} ({exc.strerror}); free space or choose another path") from None
+    manifest_bytes = mf.dumps(raw)
+    entries = [(mf.MANIFEST, manifest_bytes), (mf.SIGNATURE, signing_key.sign(manifest_bytes)), *sorted(files.items())]
+    with atomic_file(out) as fh:
+        sink = _Hashing(fh)
+        tarfmt.write(sink, entries)
+    return SealResult(out, sink.hash.hexdigest(), out.stat().st_size, raw)
 
 
 def reissue(package: Path, out_dir: Path, signing: Signing) -> SealResult:
@@ -200,7 +196,6 @@ def reissue(package: Path, out_dir: Path, signing: Signing) -> SealResult:
     package's file hashes are checked on the way (its signature may be from a since-rotated key).
     """
     from edgekit_agent import manifest as mf
-    from edgekit_agent import tarfmt
     from edgekit_agent.verify import verify_package
 
     signing_key, kid = load_signing_key(signing.key, passphrase=signing.passphrase)
@@ -208,8 +203,7 @@ def reissue(package: Path, out_dir: Path, signing: Signing) -> SealResult:
         verified = verify_package(package, trust=None, dest=Path(tmp) / "pkg")
         raw = mf.load_json(verified.manifest_bytes)
         files = {f.path: (verified.directory / f.path).read_bytes() for f in verified.manifest.files}
-    issued = (signing.issued_at or issued_now()).astimezone(UTC).replace(microsecond=0)
-    counter = signing.counter if signing.counter is not None else int(issued.timestamp())
+    issued, counter = _issue(signing)
     if counter <= verified.manifest.counter:
         counter = verified.manifest.counter + 1
     raw |= {
@@ -219,8 +213,4 @@ def reissue(package: Path, out_dir: Path, signing: Signing) -> SealResult:
         "key_id": kid,
     }
     mf.parse(raw)
-    manifest_bytes = mf.dumps(raw)
-    entries = [(mf.MANIFEST, manifest_bytes), (mf.SIGNATURE, signing_key.sign(manifest_bytes)), *sorted(files.items())]
-    out = out_dir / f"{raw['name']}-{raw['version']}-r{counter}.edgepkg"
-    digest = _atomic_write(out, entries, tarfmt.write)
-    return SealResult(out, digest, out.stat().st_size, raw)
+    return _seal(raw, files, signing_key, out_dir / f"{raw['name']}-{raw['version']}-r{counter}.edgepkg")

@@ -8,9 +8,7 @@ that must not be fooled.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from edgekit_agent.errors import PackageError
 from edgekit_agent.protocol import Desired, topic
 from edgekit_agent.verify import read_manifest
 
+from edgekit.atomic import atomic_file
 from edgekit.errors import EdgekitError
 from edgekit.fleet import mqtt
 from edgekit.fleet.serve import sha256_file
@@ -62,10 +61,8 @@ def release(package: Path, repository: Path) -> Release:
                 f"{target} already exists with different bytes; rename the package or remove the old one"
             )
         if not target.exists():
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=repository)
-            os.close(fd)
-            shutil.copyfile(package, tmp)
-            os.replace(tmp, target)
+            with open(package, "rb") as src, atomic_file(target) as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
     return Release(target, Desired(name, version, sha, counter, target.stat().st_size), profile)
 
 

@@ -11,13 +11,11 @@ import base64
 import html
 import io
 import itertools
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import OutputNotWritable
+from edgekit.atomic import atomic_file
 
 
 def _png(fig: Any) -> str:
@@ -197,12 +195,6 @@ from the profile's power model, not a sensor.</p>
 {figures}
 <h2>Latest events</h2><table><tr><th>time (UTC)</th><th>device</th><th>kind</th><th>details</th></tr>{ev}</table>
 </body></html>"""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(page)
-        os.replace(tmp, out)
-    except OSError as exc:
-        raise OutputNotWritable(f"cannot write {out} ({exc.strerror}); choose another --out") from None
+    with atomic_file(out) as fh:
+        fh.write(page.encode())
     return out
