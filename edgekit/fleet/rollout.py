@@ -223,8 +223,7 @@ class Runner:
         rows: list[dict[str, Any]] = []
         for device in devices:
             current = self.store.device(self.fleet, device)["package_version"]
-            history = [r for r in self.store.telemetry(self.fleet, device) if r["package_version"] == current]
-            rows += history[-BASELINE_MESSAGES:]
+            rows += self.store.recent_telemetry(self.fleet, device, current, BASELINE_MESSAGES)
         return {"p95_ms": _median_p95(rows), "error_rate": _error_rate(rows), "messages": len(rows)}
 
     def _await_install(self, wave: dict[str, Any]) -> str | None:

@@ -225,17 +225,20 @@ class Store:
         )
 
     # -- devices and groups ---------------------------------------------------------------------------
-    def devices(self, fleet: str) -> list[dict[str, Any]]:
-        rows = self.query("SELECT * FROM devices WHERE fleet = ? ORDER BY device", (fleet,))
+    def devices(self, fleet: str, device: str | None = None) -> list[dict[str, Any]]:
+        if device is None:
+            rows = self.query("SELECT * FROM devices WHERE fleet = ? ORDER BY device", (fleet,))
+        else:
+            rows = self.query("SELECT * FROM devices WHERE fleet = ? AND device = ?", (fleet, device))
         for row in rows:
             row["labels"] = json.loads(row["labels"] or "{}")
             row["capabilities"] = json.loads(row["capabilities"] or "{}")
         return rows
 
     def device(self, fleet: str, device: str) -> dict[str, Any]:
-        for row in self.devices(fleet):
-            if row["device"] == device:
-                return row
+        found = self.devices(fleet, device)
+        if found:
+            return found[0]
         known = [r["device"] for r in self.devices(fleet)]
         hint = f"known: {', '.join(known[:10])}{' …' if len(known) > 10 else ''}" if known else "none has reported yet"
         raise UnknownDevice(
@@ -292,6 +295,15 @@ class Store:
             "SELECT * FROM telemetry WHERE fleet = ? AND device = ? AND received >= ? ORDER BY received",
             (fleet, device, since),
         )
+
+    def recent_telemetry(self, fleet: str, device: str, version: str | None, limit: int) -> list[dict[str, Any]]:
+        """The device's last ``limit`` telemetry messages reported on ``version`` (oldest first)."""
+        rows = self.query(
+            "SELECT * FROM telemetry WHERE fleet = ? AND device = ? AND package_version IS NOT DISTINCT FROM ? "
+            "ORDER BY received DESC LIMIT ?",
+            (fleet, device, version, limit),
+        )
+        return rows[::-1]
 
     def latest_telemetry(self, fleet: str) -> dict[str, dict[str, Any]]:
         rows = self.query(
