@@ -102,7 +102,7 @@ class Agent:
             on_serving=self._serving,
             stop=self.stopping.is_set,
         )
-        self.control: queue.Queue[Desired] = queue.Queue(maxsize=8)
+        self.control: queue.Queue[Desired | None] = queue.Queue(maxsize=8)
         self.infer_q: queue.Queue[bytes] = queue.Queue(maxsize=64)
         self.client = self._client()
         self.threads: list[threading.Thread] = []
@@ -205,7 +205,10 @@ class Agent:
         last: Desired | None = None
         while not self.stopping.is_set():
             try:
-                last = self.control.get(timeout=self.cfg.retry_interval)
+                item = self.control.get(timeout=self.cfg.retry_interval)
+                if item is None:
+                    break  # stop() woke us: do not sit out the retry interval
+                last = item
             except queue.Empty:
                 failed = self.updater.state.get("failed") or {}
                 if last is None or not failed.get("retryable") or failed.get("sha256") != last.sha256:
@@ -256,6 +259,8 @@ class Agent:
 
     def stop(self, timeout: float = 5.0) -> None:
         self.stopping.set()
+        with contextlib.suppress(queue.Full):
+            self.control.put_nowait(None)
         if self.connected.is_set():
             info = self.client.publish(self._topic("state"), self._state("offline"), qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):

@@ -1,83 +1,42 @@
-"""``edgekit demo``: the end-to-end walk-through on real models, trained here, offline."""
+"""``edgekit demo`` (what ``make demo`` runs): a fleet on this machine, end to end, offline."""
 
 from __future__ import annotations
 
+import signal
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from edgekit.cli._console import err, out, stdout_to_stderr
+from edgekit.cli._console import err, out
 
 
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="where the demo writes its outputs")] = Path("demo-out"),
 ) -> None:
-    """Train the example models, compress them for x86-64-generic, sign the packages and verify them as a
-    device would (including a tampered copy, which must be refused)."""
-    from edgekit.build import run_package
-    from edgekit.cli.package import render_candidates, render_steps
-    from edgekit.edgepkg import Signing
-    from edgekit.keys import init_keys, show_key
+    """Train and package digits_cnn for two profiles, start a broker, edgekit serve and three device agents,
+    deploy, send inference requests, refuse a tampered package, roll 2.0 out in waves, print the fleet and
+    write the HTML report; then stop every child (also on Ctrl-C)."""
+    from edgekit.fleet.demo import Demo, _prepare
 
-    key_dir = out_dir / "keys"
-    key = (show_key(key_dir) if (key_dir / "edgekit.pub").exists() else init_keys(key_dir)).private_path
-    packages = []
+    _prepare(out_dir)
+    t0 = time.monotonic()
+    walk = Demo(
+        out_dir, say=lambda m: err.print(f"[bold cyan]demo[/] {m}", highlight=False, soft_wrap=True), show=out.print
+    )
 
-    recipes = Path(__file__).resolve().parents[2] / "models" / "recipes"
-    runs = [
-        ("digits_cnn", recipes / "digits_int8_static.yaml", "digits-int8"),
-        ("digits_cnn", recipes / "digits_prune50_int8.yaml", "digits-prune50-int8"),
-        ("recommender", recipes / "recommender_int8_dynamic.yaml", "recommender-int8"),
-    ]
-    for model, recipe, name in runs:
-        err.rule(f"{model}: {recipe.name}")
-        with stdout_to_stderr():
-            result = run_package(
-                model,
-                profile="x86-64-generic",
-                recipe=recipe,
-                out=out_dir / name,
-                sign=Signing(key=key),
-                progress=lambda m: err.print(f"· {m}"),
-            )
-        out.print(render_steps(result))
-        packages.append(Path(result.package_path))
-    err.rule("digits_cnn: --auto")
-    with stdout_to_stderr():
-        result = run_package(
-            "digits_cnn",
-            profile="x86-64-generic",
-            auto=True,
-            out=out_dir / "digits-auto",
-            sign=Signing(key=key),
-            progress=lambda m: err.print(f"· {m}"),
-        )
-    out.print(render_candidates(result.candidates or []))
-    out.print(render_steps(result))
-    packages.append(Path(result.package_path))
-    _verify_like_a_device(packages, key_dir)
-    out.print(f"demo outputs in {out_dir.resolve()}", highlight=False)
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt
 
-
-def _verify_like_a_device(packages: list[Path], key_dir: Path) -> None:
-    from edgekit_agent.errors import PackageError
-    from edgekit_agent.trust import TrustStore
-    from edgekit_agent.verify import verify_package
-
-    err.rule("verify the signed packages as a device does (edgekit_agent.verify)")
-    trust = TrustStore.load([key_dir / "edgekit.pub"])
-    for pkg in packages:
-        m = verify_package(pkg, trust=trust, profile="x86-64-generic").manifest
-        out.print(f"OK  {pkg.name}: {m.name} counter {m.counter}, {m.engine}:{m.device} {m.precision}", highlight=False)
-    tampered = packages[0].with_name("tampered.edgepkg")
-    data = bytearray(packages[0].read_bytes())
-    data[len(data) // 2] ^= 0x01
-    tampered.write_bytes(bytes(data))
+    signal.signal(signal.SIGTERM, interrupted)  # a `kill` stops the children too, like Ctrl-C
     try:
-        verify_package(tampered, trust=trust, profile="x86-64-generic")
-        raise SystemExit("demo: a tampered package was accepted; this is a bug")
-    except PackageError as exc:
-        out.print(f"REFUSED {tampered.name} (one bit flipped): {exc.one_line()}", highlight=False, markup=False)
+        walk.run()
+    except KeyboardInterrupt:
+        codes = walk.close()
+        err.print(f"demo interrupted; stopped {', '.join(codes) or 'nothing'}; outputs so far in {out_dir}")
+        raise typer.Exit(130) from None
     finally:
-        tampered.unlink()
+        codes = walk.close()
+    err.print(f"demo finished in {time.monotonic() - t0:.0f} s; stopped {', '.join(codes)}; outputs in "
+              f"{out_dir.resolve()} (logs/ holds every child's output)", highlight=False)  # fmt: skip

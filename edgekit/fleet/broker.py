@@ -74,7 +74,10 @@ class LocalBroker:
             local = Path(sys.executable).with_name("amqtt")  # the virtualenv's, whether or not it is activated
             cmd = [str(local) if local.exists() else "amqtt", "-c", str(conf)]
         try:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            # its own session: a Ctrl-C in the terminal goes to edgekit, which stops the broker after its clients
+            self.proc = subprocess.Popen(
+                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            )
         except OSError as exc:
             raise BrokerFailed(f"cannot start {cmd[0]}: {exc.strerror}; install mosquitto (or amqtt)") from None
         deadline = time.monotonic() + timeout

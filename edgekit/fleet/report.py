@@ -11,11 +11,14 @@ import base64
 import html
 import io
 import itertools
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from edgekit.atomic import atomic_file
+
+STALE_S = 60.0  # a device silent this long no longer counts in the versions plot
 
 
 def _png(fig: Any) -> str:
@@ -76,7 +79,9 @@ def _power(rows: list[dict[str, Any]]) -> str:
             bottom.plot([e[0] for e in energy], [e[1] for e in energy], style, label=device)
     top.set_ylabel("power (W)")
     top.set_title("Power and energy per inference (dashed: estimate from the profile's power model)")
-    bottom.set_ylabel("mJ / inference")
+    bottom.set_ylabel("mJ / inference (log)")
+    if bottom.lines:
+        bottom.set_yscale("log")  # the first interval after a start (few inferences) is orders of magnitude up
     for ax in (top, bottom):
         if ax.lines:
             ax.legend(fontsize=7, ncol=4)
@@ -93,17 +98,22 @@ def _versions(rows: list[dict[str, Any]]) -> str:
     fig, ax = plt.subplots(figsize=(9, 3.2))
     if rows:
         start, end = rows[0]["received"], rows[-1]["received"]
-        buckets = 40
-        width = max((end - start) / buckets, 1.0)
+        width = max((end - start) / 40, 1.0)
+        buckets = max(1, math.ceil((end - start) / width))
         versions = sorted({r["package_version"] or "none" for r in rows})
         counts = {v: [0] * buckets for v in versions}
-        seen: list[dict[str, str]] = [{} for _ in range(buckets)]
-        for r in rows:
-            b = min(int((r["received"] - start) / width), buckets - 1)
-            seen[b][r["device"]] = r["package_version"] or "none"
-        for b, devices in enumerate(seen):
-            for v in devices.values():
-                counts[v][b] += 1
+        # a device counts in a bucket with the version it last reported, if that was within STALE_S
+        last: dict[str, tuple[float, str]] = {}
+        it = iter(rows)
+        row = next(it, None)
+        for b in range(buckets):
+            edge = start + (b + 1) * width
+            while row is not None and (row["received"] <= edge or b == buckets - 1):
+                last[row["device"]] = (row["received"], row["package_version"] or "none")
+                row = next(it, None)
+            for t, v in last.values():
+                if edge - t <= STALE_S:
+                    counts[v][b] += 1
         x = _dates([start + (i + 0.5) * width for i in range(buckets)])
         ax.stackplot(x, *[counts[v] for v in versions], labels=versions, alpha=0.85)
         ax.legend(fontsize=7, loc="upper left")
@@ -127,7 +137,7 @@ def _rollouts(rollouts: list[dict[str, Any]]) -> str:
                 continue
             end = w.get("finished") or w.get("installed") or (r["log"][-1]["t"] if r["log"] else begin + 1)
             ax.barh(y, max(end - begin, 1.0) / 60, left=_mins(begin, rollouts), color=colours.get(w["status"], "grey"))
-            labels.append(f"{r['package']['version']} w{i} ({len(w['devices'])}) {w['status']}")
+            labels.append(f"{r['group']}: {r['package']['version']} w{i} ({len(w['devices'])}) {w['status']}")
             y += 1
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     ax.set_xlabel("minutes since the first rollout started")
