@@ -58,13 +58,14 @@ def serve(
     sys.setswitchinterval(0.001)  # paho thread -> workers hand-offs; see edgekit_agent.cli
     ingest = None if no_ingest else Ingest(_store(db))
     server = PackageServer(packages, broker, ingest=ingest)
-    index = server.rescan()
-    server.start()
     metrics = None
-    if metrics_port is not None:
+    if metrics_port is not None:  # before anything starts: a busy port must not leave serve half up
         from edgekit.fleet.metrics import MetricsServer
 
         metrics = MetricsServer(metrics_port, server, db)
+    index = server.rescan()
+    server.start()
+    if metrics is not None:
         metrics.start()
     err.print(f"serving {len(index)} package(s) from {packages} on {broker}"
               + ("" if ingest is None else f"; ingesting into {db}")

@@ -10,6 +10,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from edgekit.errors import EdgekitError
+
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
@@ -53,6 +55,10 @@ def render(server: Any, store: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
+class MetricsUnavailable(EdgekitError):
+    pass
+
+
 class MetricsServer:
     def __init__(self, port: int, server: Any, db: str) -> None:
         from edgekit.fleet.store import Store
@@ -76,7 +82,12 @@ class MetricsServer:
             def log_message(self, *_args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        try:
+            self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        except OSError as exc:
+            raise MetricsUnavailable(
+                f"cannot serve metrics on 127.0.0.1:{port} ({exc.strerror or exc}); choose another --metrics-port"
+            ) from None
         self.port = self.httpd.server_address[1]
 
     def start(self) -> None:

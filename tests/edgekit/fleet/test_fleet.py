@@ -5,6 +5,7 @@ model in the first wave, and let a healthy one reach every device."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import uuid
@@ -128,6 +129,8 @@ def test_deploy_status_history_events_label_report(fleet):
     assert rows["dev-1"]["power_source"] in {"estimate", "none", "rapl", "hwmon"}
     code, out, _ = cli("fleet", "status")
     assert code == 0 and "dev-2" in out and "tiny@v1" in out
+    code, out, _ = cli("fleet", "watch", "--count", "2", "--interval", "0.1")
+    assert code == 0 and "dev-1" in out and "tiny@v1" in out
 
     code, out, _ = cli("fleet", "history", "dev-1", "--metric", "p95", "--since", "10m", "--format", "json")
     points = json.loads(out)
@@ -155,6 +158,11 @@ def test_deploy_status_history_events_label_report(fleet):
     assert code != 0 and "--metric 'bogus'" in err
     code, _, err = cli("deploy", v2, "--group", "all", "--broker", "mqtt://127.0.0.1:1")
     assert code != 0 and "cannot reach the MQTT broker at 127.0.0.1:1" in err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        code, _, err = cli("serve", "--metrics-port", busy.getsockname()[1])
+    assert code != 0 and "choose another --metrics-port" in err and "Traceback" not in err
     code, _, err = cli("fleet", "status", "--db", "postgresql://postgres@127.0.0.1:1/x")
     assert code != 0 and "cannot reach PostgreSQL at 127.0.0.1:1" in err
     assert versions(f["store"]) == {"dev-1": "v1", "dev-2": "v2"}
