@@ -50,6 +50,14 @@ def serve(
     db: opt.Db = opt.DEFAULT_DB,
     no_ingest: Annotated[bool, typer.Option("--no-ingest", help="only answer chunk requests")] = False,
     metrics_port: Annotated[int | None, typer.Option(help="serve Prometheus metrics on 127.0.0.1:PORT/metrics")] = None,
+    session: Annotated[
+        str | None,
+        typer.Option(help="persistent MQTT session NAME: the broker keeps what devices report while serve is down"),
+    ] = None,
+    share: Annotated[
+        str | None,
+        typer.Option(help="shared-subscription GROUP ($share/GROUP/…): start several serve workers with the same one"),
+    ] = None,
 ) -> None:
     """Answer devices' chunk requests and ingest their state, telemetry and events until Ctrl-C."""
     from edgekit.fleet.ingest import Ingest
@@ -57,7 +65,7 @@ def serve(
 
     sys.setswitchinterval(0.001)  # paho thread -> workers hand-offs; see edgekit_agent.cli
     ingest = None if no_ingest else Ingest(_store(db))
-    server = PackageServer(packages, broker, ingest=ingest)
+    server = PackageServer(packages, broker, ingest=ingest, session=session, share=share)
     metrics = None
     if metrics_port is not None:  # before anything starts: a busy port must not leave serve half up
         from edgekit.fleet.metrics import MetricsServer

@@ -1,8 +1,9 @@
 """Run a local Mosquitto with the settings edgekit needs (for tests, benchmarks and a one-box fleet).
 
 ``set_tcp_nodelay true``: without it every small chunk request waits on a delayed ACK (3 MB/s instead of
-200+, measured in the field notes). ``max_queued_messages`` is raised so a slow subscriber does not lose
-QoS1 telemetry. Where Mosquitto is not installed the embedded amqtt broker (pure Python, slower) is used.
+200+, measured in the field notes). ``max_queued_messages`` is raised so a slow subscriber (or
+``edgekit serve --session`` while it restarts) does not lose QoS1 telemetry. Where Mosquitto is not
+installed the embedded amqtt broker (pure Python, slower) is used.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def free_port() -> int:
 def mosquitto_config(port: int, *, bind: str = "127.0.0.1") -> str:
     return (
         f"listener {port} {bind}\nallow_anonymous true\nset_tcp_nodelay true\n"
-        "max_queued_messages 10000\nmax_inflight_messages 100\npersistence false\n"
+        "max_queued_messages 200000\nmax_inflight_messages 100\npersistence false\n"
         "message_size_limit 0\nlog_dest none\n"
     )
 

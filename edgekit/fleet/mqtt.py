@@ -37,10 +37,15 @@ def _secure(c: Any, url: str) -> None:
         c.tls_set(ca_certs=env["ca"], certfile=env["cert"], keyfile=env["key"], tls_version=ssl.PROTOCOL_TLS_CLIENT)
 
 
-def client(role: str) -> Any:
+def client(role: str, session: str | None = None) -> Any:
+    """A client with a unique id, or with ``session`` a fixed id and a persistent session: the broker then
+    queues QoS1 messages for it while it is away and delivers them when it comes back."""
     import paho.mqtt.client as mqtt
 
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgekit-{role}-{uuid.uuid4().hex[:8]}")
+    if session is None:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgekit-{role}-{uuid.uuid4().hex[:8]}")
+    else:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgekit-{role}-{session}", clean_session=False)
     c.max_queued_messages_set(1000)
     return c
 

@@ -39,6 +39,8 @@ class PackageServer:
     broker: str
     workers: int = 2
     ingest: Any = None  # an edgekit.fleet.ingest.Ingest, or None to only serve chunks
+    session: str | None = None  # a persistent session: what devices report while serve is down is kept
+    share: str | None = None  # a shared-subscription group: several serve workers split the messages
     served: int = 0
     refused: int = 0
     _index: dict[str, Path] = field(default_factory=dict)
@@ -112,10 +114,11 @@ class PackageServer:
                 self.client.publish(topic(fleet, device, "chunk/response"), response.to_bytes(), qos=0)
 
     def start(self) -> None:
-        self.client = mqtt.client("serve")
+        self.client = mqtt.client("serve", self.session)
         self.client.on_message = self._on_message
         kinds = ["chunk/request"] + (["state", "telemetry", "events"] if self.ingest is not None else [])
-        self.client.on_connect = lambda c, *_: c.subscribe([(f"edgekit/v1/+/+/{k}", 1) for k in kinds])
+        prefix = f"$share/{self.share}/" if self.share else ""
+        self.client.on_connect = lambda c, *_: c.subscribe([(f"{prefix}edgekit/v1/+/+/{k}", 1) for k in kinds])
         if self.ingest is not None:
             self.ingest.start()
         mqtt.connect(self.client, self.broker)

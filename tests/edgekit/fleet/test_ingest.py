@@ -4,6 +4,7 @@ counted and survived, and the metrics endpoint reporting what was stored."""
 
 from __future__ import annotations
 
+import time
 import urllib.request
 
 import pytest
@@ -57,3 +58,56 @@ def test_every_message_stored_once_and_malformed_ones_survived(engine, tmp_path,
             sim.stop()
             metrics.stop()
             server.stop()
+
+
+def test_a_persistent_session_keeps_what_devices_report_while_serve_is_down(tmp_path, broker):
+    url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    first = PackageServer(tmp_path, broker.url, ingest=Ingest(Store(url)), session="t1")
+    first.start()
+    first.stop()  # a restart (or crash): the broker keeps the session and its subscriptions
+    sim = Simulation(broker.url, "lab", 5)
+    try:
+        sim.start()
+        sim.run(messages=20, rate=None)
+        assert sim.wait_acked(60)
+    finally:
+        sim.stop()
+    ingest = Ingest(Store(url))
+    second = PackageServer(tmp_path, broker.url, ingest=ingest, session="t1")
+    second.start()
+    try:
+        store = Store(url)
+        deadline = time.monotonic() + 30
+        while store.counts()["telemetry"] < 5 * 20 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert store.counts()["telemetry"] == 5 * 20
+    finally:
+        second.stop()
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_two_serve_workers_on_a_shared_subscription_split_the_load_and_store_each_message_once(
+    engine, tmp_path, broker
+):
+    with store_url(engine, tmp_path) as url:
+        workers = [PackageServer(tmp_path, broker.url, ingest=Ingest(Store(url)), share="edgekit") for _ in range(2)]
+        for w in workers:
+            w.start()
+        sim = Simulation(broker.url, "lab", 20)
+        try:
+            sim.start()
+            sim.run(messages=15, rate=None)
+            assert sim.wait_acked(60)
+            for w in workers:
+                assert w.ingest.flush(30)
+            time.sleep(0.5)  # a message still in flight from the broker to a worker
+            for w in workers:
+                assert w.ingest.flush(30)
+            received = [w.ingest.stats.received for w in workers]
+            assert all(n > 0 for n in received), received  # both workers took a share
+            assert sum(w.ingest.stats.duplicates for w in workers) == 0  # nothing delivered twice
+            assert Store(url).counts()["telemetry"] == 20 * 15
+        finally:
+            sim.stop()
+            for w in workers:
+                w.stop()
