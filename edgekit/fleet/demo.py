@@ -137,12 +137,18 @@ class DigitsTraffic:
             with self.lock:
                 self.tally[(device, "–")].errors += 1
             return
-        logits = decode(next(iter(doc["outputs"].values())), "logits")
+        try:  # never raise in paho's thread: it would stop the client's loop
+            logits = decode(next(iter(doc["outputs"].values())), "logits")
+            version, latency = str(doc["model"]["version"]), float(doc["latency_ms"])
+        except Exception:
+            with self.lock:
+                self.tally[(device, "?")].errors += 1
+            return
         with self.lock:
-            t = self.tally[(device, doc["model"]["version"])]
+            t = self.tally[(device, version)]
             t.answered += 1
             t.correct += int(int(self._np.argmax(logits)) == int(self.y[k]))
-            t.latencies.append(float(doc["latency_ms"]))
+            t.latencies.append(latency)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -181,7 +187,7 @@ class Demo:
 
         self.say("step 4: deploy 1.0 to each profile group (edgekit deploy PKG --group PROFILE)")
         for profile in ("x86-64-generic", "rpi4"):
-            self._cli_deploy(built[(profile, "1.0")], profile, url)
+            self._cli_deploy(built[(profile, "1.0")], url, group=profile)
         self._wait(lambda: self._versions(store) == {d: "1.0" for d, _ in DEVICES}, "every device on 1.0", 120)
         self.traffic = DigitsTraffic(url, [d for d, _ in DEVICES])
         self._wait(lambda: self._telemetry_on(store, "1.0", 3), "telemetry from every device on 1.0", 60)
@@ -189,7 +195,7 @@ class Demo:
 
         self.say("step 5: a tampered package (one byte flipped) sent to pi-1 must be refused")
         tampered = self._tamper(built[("rpi4", "2.0")])
-        self._cli_deploy_device(tampered, "pi-1", url)
+        self._cli_deploy(tampered, url, device="pi-1")
         event = self._wait(lambda: self._rollback_event(store, "pi-1", since=time.time() - 60), "pi-1 refusing", 60)
         self.say(f"pi-1 refused it: {event['reason']}; it still serves {self._versions(store)['pi-1']}")
 
@@ -287,15 +293,11 @@ class Demo:
 
         return Store(self.db)
 
-    def _cli_deploy(self, package: Path, group: str, url: str) -> None:
+    def _cli_deploy(self, package: Path, url: str, *, group: str | None = None, device: str | None = None) -> None:
         from edgekit.cli.fleet import deploy
 
-        deploy(package, device=[], group=group, fleet=FLEET, broker=url, db=self.db, packages=self.repo)
-
-    def _cli_deploy_device(self, package: Path, device: str, url: str) -> None:
-        from edgekit.cli.fleet import deploy
-
-        deploy(package, device=[device], group=None, fleet=FLEET, broker=url, db=self.db, packages=self.repo)
+        deploy(package, device=[device] if device else [], group=group, fleet=FLEET, broker=url, db=self.db,
+               packages=self.repo)  # fmt: skip
 
     def _cli_rollout(self, package: Path, group: str, waves: str, key: Path, url: str) -> str:
         import typer
