@@ -103,6 +103,7 @@ def _drain(tmp: Path, url: str, db: str, devices: int, messages: int, workers: i
     """serve's own ingest rate: the broker holds a backlog for serve's persistent session(s) (``--session``),
     published while serve was down; serve then drains it with no publisher competing for the 2 cores. With
     several workers (``--share``), the broker splits the backlog between their sessions."""
+    from edgekit.fleet import mqtt
     from edgekit.fleet.store import Store
 
     fleet = f"drain{devices}w{workers}{uuid.uuid4().hex[:4]}"  # sessions from an earlier run must not mix in
@@ -137,19 +138,7 @@ def _drain(tmp: Path, url: str, db: str, devices: int, messages: int, workers: i
             proc.terminate()
             proc.wait(30)
         for name in sessions:
-            _end_session(url, name)
-
-
-def _end_session(url: str, session: str) -> None:
-    """A clean connect under the session's client id: the broker drops it and stops queueing for it."""
-    import paho.mqtt.client as paho
-
-    from edgekit.fleet import mqtt
-
-    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"edgekit-serve-{session}", clean_session=True)
-    mqtt.connect(c, url)
-    c.disconnect()
-    c.loop_stop()
+            mqtt.end_session(url, "serve", name)
 
 
 def run() -> dict[str, Any]:

@@ -45,9 +45,23 @@ def client(role: str, session: str | None = None) -> Any:
     if session is None:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgekit-{role}-{uuid.uuid4().hex[:8]}")
     else:
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgekit-{role}-{session}", clean_session=False)
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=_session_id(role, session), clean_session=False)
     c.max_queued_messages_set(1000)
     return c
+
+
+def _session_id(role: str, session: str) -> str:
+    return f"edgekit-{role}-{session}"
+
+
+def end_session(url: str, role: str, session: str) -> None:
+    """Drop a persistent session: a clean connect under its client id, so the broker stops queueing for it."""
+    import paho.mqtt.client as mqtt
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=_session_id(role, session), clean_session=True)
+    connect(c, url)
+    c.disconnect()
+    c.loop_stop()
 
 
 def connect(c: Any, url: str, *, timeout: float = 10.0) -> None:
