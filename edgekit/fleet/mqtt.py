@@ -10,6 +10,8 @@ import uuid
 from typing import Any
 from urllib.parse import urlparse
 
+from edgekit_agent.protocol import tcp_nodelay
+
 from edgekit.errors import EdgekitError
 
 
@@ -47,6 +49,7 @@ def client(role: str, session: str | None = None) -> Any:
     else:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=_session_id(role, session), clean_session=False)
     c.max_queued_messages_set(1000)
+    c.on_socket_open = tcp_nodelay
     return c
 
 

@@ -4,6 +4,7 @@ and every way an update can go wrong leaving the previous model serving."""
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -195,8 +196,17 @@ def test_npu_requested_without_one_falls_back_to_cpu(world):
     answer(host, 1.0)
 
 
+def nodelay(client) -> int:
+    return client.socket().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
 def test_broker_restart_reconnects_and_resubscribes(world):
-    host = install_v1(world)
+    host = world["host"]
+    agent = world["agent"]()
+    host.desire(world["package"]("v1", counter=7))
+    serving(host, "v1")
+    # Nagle off on every connection (a chunk request otherwise waited ~40 ms on a delayed ACK)
+    assert nodelay(agent.client) and nodelay(world["server"].client)
     online = len([s for s in host.messages["state"] if s["status"] == "online"])
     world["broker"].stop()
     world["broker"].start()  # same port, no persistence: the retained desired is gone
@@ -205,6 +215,7 @@ def test_broker_restart_reconnects_and_resubscribes(world):
     host.desire(world["package"]("v2", counter=8, scale=2.0))
     serving(host, "v2")
     answer(host, 2.0)
+    assert nodelay(agent.client)  # the new socket too
 
 
 def test_malformed_payloads_on_every_subscribed_topic_are_answered_not_fatal(world):
