@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from edgekit_agent import __version__, power
+from edgekit_agent.brokers import BrokerListError, Endpoint, Failover, parse_brokers
 from edgekit_agent.inference import handle
 from edgekit_agent.outbox import Outbox
 from edgekit_agent.protocol import (
@@ -70,12 +70,11 @@ class AgentConfig:
     power_model: tuple[float, float] | None = None
     outbox_limit: int = 10_000
 
-    def endpoint(self) -> tuple[str, int, bool]:
-        url = urlparse(self.broker if "://" in self.broker else f"mqtt://{self.broker}")
-        if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
-            raise ConfigError(f"--broker {self.broker!r} must look like mqtt://HOST:PORT or mqtts://HOST:PORT")
-        tls = url.scheme == "mqtts" or self.ca is not None
-        return url.hostname, url.port or (8883 if tls else 1883), tls
+    def endpoints(self) -> list[Endpoint]:
+        try:
+            return parse_brokers(self.broker, tls=self.ca is not None)
+        except BrokerListError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def _now() -> str:
@@ -85,7 +84,8 @@ def _now() -> str:
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.cfg = config
-        self.host, self.port, self.tls = config.endpoint()
+        self.failover = Failover(config.endpoints())
+        self.tls = self.failover.current.tls
         self.store = Store(config.data_dir)
         self.outbox = Outbox(self.store.outbox, limit=config.outbox_limit)
         self.trust = TrustStore.load(config.trust, revoked=config.revoked)
@@ -143,6 +143,7 @@ class Agent:
         client.on_socket_open = tcp_nodelay
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = lambda c, _u: None if self.stopping.is_set() else self.failover.next(c)
         client.on_message = self._on_message
         return client
 
@@ -167,10 +168,12 @@ class Agent:
         client.publish(self._topic("state"), self._state("online"), qos=1, retain=True)
         self.connected.set()
 
-    def _on_disconnect(self, client: Any, _userdata: Any, _flags: Any, _reason: Any, _props: Any) -> None:
+    def _on_disconnect(self, client: Any, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         self.connected.clear()
         # paho doubles the delay up to max_delay; a random start spreads a fleet's reconnects after an outage.
         client.reconnect_delay_set(min_delay=random.uniform(0.5, 2.0), max_delay=60)
+        if not self.stopping.is_set():
+            self.failover.next(client, reason)  # a cluster: the next node
 
     def _on_message(self, _client: Any, _userdata: Any, msg: Any) -> None:
         """Parse and enqueue only: never block the network loop."""
@@ -259,7 +262,8 @@ class Agent:
                 self.outbox.done(path)
 
     def start(self) -> None:
-        self.client.connect_async(self.host, self.port, keepalive=30)
+        first = self.failover.current
+        self.client.connect_async(first.host, first.port, keepalive=30)
         self.client.loop_start()
         for name, target in (("control", self._control_loop), ("infer", self._infer_loop),
                              ("telemetry", self._telemetry_loop), ("sender", self._sender_loop)):  # fmt: skip

@@ -76,6 +76,8 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
     if missing:
         flags = ", ".join("--" + n.replace("_", "-") for n in missing)
         raise ConfigError(f"missing {flags} (give them as flags or in --config)")
+    if isinstance(settings["broker"], list):  # a config file may list a cluster's nodes
+        settings["broker"] = ",".join(str(b) for b in settings["broker"])
     settings["trust"] = [Path(p) for p in settings["trust"]]
     settings["data_dir"] = Path(settings["data_dir"])
     settings["power_model"] = _power_model(settings.get("power_model"))
@@ -103,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     # from ~75 ms to ~60 ms with 1 ms (docs/benchmarks.md, agent section).
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     agent.start()
-    print(f"edgekit-agent {agent.cfg.device_id}: {agent.host}:{agent.port} fleet {agent.cfg.fleet}", file=sys.stderr)
+    nodes = ", ".join(f"{e.host}:{e.port}" for e in agent.failover.endpoints)
+    print(f"edgekit-agent {agent.cfg.device_id}: {nodes} fleet {agent.cfg.fleet}", file=sys.stderr)
     done.wait()
     agent.stop()
     return 0
@@ -154,7 +157,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="connect to the broker, converge on the desired package, serve, report")
     r.add_argument("--config", type=Path, help="settings file (.yaml, .toml, .json); flags override it")
-    r.add_argument("--broker", help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    r.add_argument("--broker", help="mqtt://HOST:PORT or mqtts://HOST:PORT; several, comma-separated, to fail over")
     r.add_argument("--fleet")
     r.add_argument("--device-id", dest="device_id")
     r.add_argument("--profile", help="this device's profile name; packages for other profiles are refused")

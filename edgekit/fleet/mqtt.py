@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 from urllib.parse import urlparse
 
+from edgekit_agent.brokers import BrokerListError, Endpoint, Failover, parse_brokers
 from edgekit_agent.protocol import tcp_nodelay
 
 from edgekit.errors import EdgekitError
@@ -19,11 +20,12 @@ class BrokerUnreachable(EdgekitError):
     pass
 
 
-def endpoint(url: str) -> tuple[str, int]:
-    parsed = urlparse(url if "://" in url else f"mqtt://{url}")
-    if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
-        raise BrokerUnreachable(f"--broker {url!r} must look like mqtt://HOST:PORT")
-    return parsed.hostname, parsed.port or (8883 if parsed.scheme == "mqtts" else 1883)
+def endpoints(url: str) -> list[Endpoint]:
+    """One URL, or a cluster's nodes separated by commas."""
+    try:
+        return parse_brokers(url)
+    except BrokerListError as exc:
+        raise BrokerUnreachable(str(exc)) from None
 
 
 def _secure(c: Any, url: str) -> None:
@@ -68,10 +70,40 @@ def end_session(url: str, role: str, session: str) -> None:
 
 
 def connect(c: Any, url: str, *, timeout: float = 10.0) -> None:
-    """Connect and start the network loop, or fail with one line naming the broker."""
+    """Connect and start the network loop, or fail with one line naming the broker.
+
+    With several URLs (a cluster) the first node that answers is used, and a lost connection moves on to
+    the next node (``edgekit_agent.brokers.Failover``) instead of waiting for the lost one to come back.
+    """
+    nodes = endpoints(url)
+    _secure(c, url.split(",")[0].strip())  # the nodes of one cluster share credentials and CA
+    for i, node in enumerate(nodes):
+        try:
+            _connect(c, node.host, node.port, timeout)
+        except BrokerUnreachable:
+            if i == len(nodes) - 1:
+                raise
+            continue
+        if len(nodes) > 1:
+            _follow(c, Failover(nodes, index=i))
+        return
+
+
+def _follow(c: Any, failover: Failover) -> None:
+    previous = c.on_disconnect
+
+    def on_disconnect(client: Any, *args: Any) -> None:
+        if previous:
+            previous(client, *args)
+        failover.next(client, args[2])
+
+    c.on_disconnect = on_disconnect
+    c.on_connect_fail = lambda client, _u: failover.next(client)
+
+
+def _connect(c: Any, host: str, port: int, timeout: float) -> None:
     import threading
 
-    host, port = endpoint(url)
     ready = threading.Event()
     previous = c.on_connect
 
@@ -85,15 +117,16 @@ def connect(c: Any, url: str, *, timeout: float = 10.0) -> None:
             previous(*args)
 
     c.on_connect = on_connect
-    _secure(c, url)
     try:
         c.connect(host, port, keepalive=30)
     except OSError as exc:
+        c.on_connect = previous
         raise BrokerUnreachable(f"cannot reach the MQTT broker at {host}:{port} ({exc.strerror or exc}); "
                                 "start mosquitto or fix --broker") from None  # fmt: skip
     c.loop_start()
     if not ready.wait(timeout):
         c.loop_stop()
+        c.on_connect = previous
         raise BrokerUnreachable(f"the MQTT broker at {host}:{port} did not answer within {timeout:.0f} s")
     if refused:
         c.loop_stop()

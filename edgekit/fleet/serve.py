@@ -41,6 +41,7 @@ class PackageServer:
     ingest: Any = None  # an edgekit.fleet.ingest.Ingest, or None to only serve chunks
     session: str | None = None  # a persistent session: what devices report while serve is down is kept
     share: str | None = None  # a shared-subscription group: several serve workers split the messages
+    nats: str | None = None  # NATS URL(s): take requests and reports from a NATS queue group instead of MQTT
     served: int = 0
     refused: int = 0
     _index: dict[str, Path] = field(default_factory=dict)
@@ -114,6 +115,12 @@ class PackageServer:
                 self.client.publish(topic(fleet, device, "chunk/response"), response.to_bytes(), qos=0)
 
     def start(self) -> None:
+        if self.nats:
+            self._nats = NatsTransport(self, self.nats, group=self.share or "edgekit-serve")
+            if self.ingest is not None:
+                self.ingest.start()
+            self._nats.start()
+            return
         self.client = mqtt.client("serve", self.session)
         self.client.on_message = self._on_message
         kinds = ["chunk/request"] + (["state", "telemetry", "events"] if self.ingest is not None else [])
@@ -127,9 +134,94 @@ class PackageServer:
 
     def stop(self) -> None:
         self._stop.set()
-        self.client.disconnect()
-        self.client.loop_stop()
+        if self.nats:
+            self._nats.stop()
+        else:
+            self.client.disconnect()
+            self.client.loop_stop()
         if self.ingest is not None:
             self.ingest.stop()
         for fd in self._fds.values():
             os.close(fd)
+
+
+def subject_of(topic_name: str) -> str:
+    """The NATS subject an MQTT topic arrives on (NATS 2.9 refuses topics with '.', so this is exact)."""
+    return topic_name.replace("/", ".")
+
+
+class NatsTransport:
+    """``edgekit serve --nats``: the same server on a NATS cluster's native port, through a queue group.
+
+    Devices still speak MQTT to the cluster; their topics arrive as subjects (``edgekit/v1/f/d/telemetry`` ⇄
+    ``edgekit.v1.f.d.telemetry``). Every worker subscribes with the same queue group, so NATS hands each
+    message to exactly one of them; chunk responses are published on the response topic's subject and reach
+    the device's MQTT subscription. nats-py's own reconnect moves a worker to a surviving node.
+    """
+
+    KINDS = ("chunk.request", "state", "telemetry", "events")
+
+    def __init__(self, server: PackageServer, urls: str, *, group: str) -> None:
+        self.server, self.group = server, group
+        self.urls = [u.strip() for u in urls.split(",") if u.strip()]
+        self._loop: Any = None
+        self._ready = threading.Event()
+        self._failed: list[str] = []
+        self._thread = threading.Thread(target=self._run, daemon=True, name="edgekit-serve-nats")
+
+    def start(self, timeout: float = 15.0) -> None:
+        self._thread.start()
+        if not self._ready.wait(timeout) or self._failed:
+            reason = self._failed[0] if self._failed else f"no answer within {timeout:.0f} s"
+            raise mqtt.BrokerUnreachable(f"cannot reach NATS at {', '.join(self.urls)} ({reason}); fix --nats")
+
+    def _run(self) -> None:
+        import asyncio
+
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._loop.run_until_complete(self._main())
+        finally:
+            self._loop.close()
+
+    async def _main(self) -> None:
+        import asyncio
+
+        import nats
+
+        self._done = asyncio.Event()
+        try:
+            nc = await nats.connect(servers=self.urls, name=f"edgekit-serve-{self.group}", connect_timeout=5,
+                                    max_reconnect_attempts=-1, reconnect_time_wait=0.5)  # fmt: skip
+        except Exception as exc:  # nats-py raises several types for an unreachable cluster
+            self._failed.append(str(exc) or type(exc).__name__)
+            self._ready.set()
+            return
+        ingest = self.server.ingest
+
+        async def on_request(msg: Any) -> None:
+            try:
+                fleet, device, _ = parse_topic(msg.subject.replace(".", "/"))
+                response = self.server.answer(ChunkRequest.from_json(msg.data))
+            except ProtocolError:
+                self.server.refused += 1
+                return
+            if response is not None:
+                await nc.publish(subject_of(topic(fleet, device, "chunk/response")), response.to_bytes())
+
+        async def on_report(msg: Any) -> None:
+            ingest.accept(msg.subject.replace(".", "/"), msg.data)
+
+        kinds = self.KINDS if ingest is not None else self.KINDS[:1]
+        for kind in kinds:
+            await nc.subscribe(f"edgekit.v1.*.*.{kind}", queue=self.group,
+                               cb=on_request if kind == "chunk.request" else on_report)  # fmt: skip
+        await nc.flush()
+        self._ready.set()
+        await self._done.wait()
+        await nc.drain()  # what this worker already took is handled before it leaves
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._done.set)
+        self._thread.join(15)

@@ -290,3 +290,24 @@ def test_kill_9_during_download_resumes_without_fetching_held_chunks(world):
         second.send_signal(signal.SIGTERM)
         second.wait(10)
         full.stop()
+
+
+def test_with_two_brokers_the_agent_fails_over_when_its_broker_dies(world, tmp_path):
+    from edgekit.fleet.broker import LocalBroker
+
+    first = LocalBroker(tmp_path / "first")
+    first.start()
+    try:
+        # the package server and host stay on the fixture's broker (the second in the agent's list)
+        agent = world["agent"](broker=f"{first.url},{world['broker'].url}")
+        world["host"].wait_for(lambda: agent.connected.is_set() or None, "connected to the first broker")
+        assert agent.failover.current.port == first.port
+        first.stop()  # its node dies: the agent moves to the next URL instead of waiting for it
+        world["host"].wait_for(lambda: agent.connected.is_set() and agent.failover.index == 1, "moved to the second",
+                               timeout=60)  # fmt: skip
+        world["host"].desire(world["package"]("v1", counter=7))
+        serving(world["host"], "v1")
+        answer(world["host"], 1.0)
+        assert nodelay(agent.client)
+    finally:
+        first.stop()

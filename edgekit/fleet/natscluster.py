@@ -1,0 +1,166 @@
+"""A NATS cluster on loopback that speaks MQTT: the clustered broker edgekit is tested against.
+
+Each node runs Debian's ``nats-server`` (2.9 here) with JetStream (MQTT keeps sessions, retained messages
+and QoS1 deliveries in JetStream streams), a cluster route to every other node and an MQTT listener.
+Devices keep using paho against any node's MQTT port; ``edgekit serve`` workers may use the native NATS
+port and queue groups instead (``edgekit serve --nats``).
+
+``mqtt.stream_replicas`` is the cluster size, so the retained ``desired`` state and persistent sessions
+survive the loss of a node. NATS 2.9 refuses MQTT topics containing ``.`` (2.10 maps it to ``//``):
+fleet and device names must not contain one on such a cluster.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgekit.errors import EdgekitError
+from edgekit.fleet.broker import free_port
+
+
+class ClusterFailed(EdgekitError):
+    pass
+
+
+def nats_server_path() -> str | None:
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    return "/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else None
+
+
+@dataclass
+class Node:
+    name: str
+    client_port: int
+    cluster_port: int
+    mqtt_port: int
+    proc: subprocess.Popen | None = None
+
+    @property
+    def mqtt_url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.mqtt_port}"
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.client_port}"
+
+
+def node_config(node: Node, nodes: list[Node], store: Path, replicas: int) -> str:
+    routes = ", ".join(f'"nats-route://127.0.0.1:{n.cluster_port}"' for n in nodes if n is not node)
+    return f"""server_name: {node.name}
+listen: 127.0.0.1:{node.client_port}
+jetstream {{
+  store_dir: "{store}"
+  max_memory_store: 256MB
+  max_file_store: 2GB
+}}
+cluster {{
+  name: edgekit
+  listen: 127.0.0.1:{node.cluster_port}
+  routes: [{routes}]
+}}
+mqtt {{
+  listen: 127.0.0.1:{node.mqtt_port}
+  stream_replicas: {replicas}
+}}
+"""
+
+
+@dataclass
+class NatsCluster:
+    """``size`` nodes in ``workdir`` (configs, JetStream stores, logs); ``start`` returns when MQTT works."""
+
+    workdir: Path
+    size: int = 3
+    replicas: int | None = None  # of MQTT's JetStream streams; default: one per node
+    nodes: list[Node] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir)
+        if not self.nodes:
+            self.nodes = [Node(f"n{i}", free_port(), free_port(), free_port()) for i in range(self.size)]
+
+    @property
+    def mqtt_urls(self) -> list[str]:
+        return [n.mqtt_url for n in self.nodes]
+
+    @property
+    def nats_urls(self) -> list[str]:
+        return [n.nats_url for n in self.nodes]
+
+    def start(self, timeout: float = 60.0) -> None:
+        binary = nats_server_path()
+        if binary is None:
+            raise ClusterFailed("nats-server is not installed; install it (Debian: apt install nats-server)")
+        for node in self.nodes:
+            self.start_node(node, binary)
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            self._wait_mqtt(node, deadline)
+
+    def start_node(self, node: Node, binary: str | None = None) -> None:
+        home = self.workdir / node.name
+        (home / "js").mkdir(parents=True, exist_ok=True)
+        conf = home / "nats.conf"
+        conf.write_text(node_config(node, self.nodes, home / "js", self.replicas or len(self.nodes)))
+        log = open(home / "nats.log", "ab")  # noqa: SIM115 - the child keeps it
+        try:
+            node.proc = subprocess.Popen([binary or nats_server_path() or "nats-server", "-c", str(conf)],
+                                         stdout=log, stderr=log, start_new_session=True)  # fmt: skip
+        except OSError as exc:
+            raise ClusterFailed(f"cannot start nats-server: {exc.strerror}") from None
+        finally:
+            log.close()
+
+    def _wait_mqtt(self, node: Node, deadline: float) -> None:
+        """Listening is not enough: MQTT answers CONNECT only once JetStream has a meta leader."""
+        import paho.mqtt.client as mqtt
+
+        while time.monotonic() < deadline:
+            if node.proc is not None and node.proc.poll() is not None:
+                raise ClusterFailed(f"nats-server {node.name} exited; see {self.workdir / node.name / 'nats.log'}")
+            with socket.socket() as s:
+                listening = s.connect_ex(("127.0.0.1", node.mqtt_port)) == 0
+            if listening:
+                c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgekit-probe-{node.name}")
+                try:
+                    if c.connect("127.0.0.1", node.mqtt_port, keepalive=10) == 0:
+                        c.loop_start()
+                        info = c.publish("edgekit/probe", b"", qos=1)
+                        info.wait_for_publish(timeout=5)
+                        ok = info.is_published()
+                        c.disconnect()
+                        c.loop_stop()
+                        if ok:
+                            return
+                except OSError:
+                    pass
+            time.sleep(0.2)
+        self.stop()
+        raise ClusterFailed(f"nats-server {node.name} did not accept MQTT in time; see its nats.log")
+
+    def kill(self, index: int) -> Node:
+        """kill -9 one node: what a crashed machine looks like to the others."""
+        node = self.nodes[index]
+        if node.proc is not None:
+            node.proc.kill()
+            node.proc.wait(10)
+            node.proc = None
+        return node
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            if node.proc is not None:
+                node.proc.terminate()
+                try:
+                    node.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    node.proc.kill()
+                    node.proc.wait(5)
+                node.proc = None

@@ -1,0 +1,76 @@
+"""A real 3-node NATS cluster speaking MQTT: devices on one node, a serve worker on the native NATS port of
+another (queue group), PostgreSQL storing what devices report."""
+
+from __future__ import annotations
+
+import time
+
+import pkgs
+import pytest
+from edgekit_agent.agent import Agent, AgentConfig
+from edgekit_agent.protocol import Desired
+from fleet import Host
+from stores import store_url
+
+from edgekit.fleet.ingest import Ingest
+from edgekit.fleet.natscluster import NatsCluster, nats_server_path
+from edgekit.fleet.serve import PackageServer, sha256_file
+from edgekit.fleet.store import Store
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(nats_server_path() is None, reason="nats-server is not installed (apt install nats-server)"),
+]
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = NatsCluster(tmp_path / "nats", size=3)
+    c.start()
+    yield c
+    c.stop()
+
+
+def wait_until(predicate, what: str, timeout: float = 90.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def package(tmp_path, repo, keys, name: str, counter: int, **src) -> Desired:
+    source = pkgs.source_dir(tmp_path / f"src-{name}", **src)
+    path = pkgs.build(source, repo / f"{name}.edgepkg", keys[0], counter=counter, version=name)
+    return Desired("tiny", name, sha256_file(path), counter, path.stat().st_size)
+
+
+def test_an_agent_on_one_node_installs_through_a_serve_worker_on_another_and_reports_into_postgresql(tmp_path, cluster):
+    keys = pkgs.keys(tmp_path / "keys")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    with store_url("postgresql", tmp_path) as db:
+        # the worker takes chunk requests and reports from a NATS queue group on node 1; the agent speaks MQTT
+        server = PackageServer(repo, "", ingest=Ingest(Store(db)), nats=cluster.nats_urls[1])
+        server.start()
+        host = Host(cluster.mqtt_urls[2])
+        cfg = AgentConfig(broker=",".join(cluster.mqtt_urls), fleet="lab", device_id="dev-1", profile=pkgs.PROFILE,
+                          data_dir=tmp_path / "data", trust=[keys[1]], telemetry_interval=0.5, chunk_size=4096,
+                          chunk_timeout=1.0, retry_interval=2.0)  # fmt: skip
+        agent = Agent(cfg)
+        agent.start()
+        try:
+            desired = package(tmp_path, repo, keys, "v1", 7, extra={"pad.bin": b"x" * 200_000})
+            host.desire(desired)  # retained in a replicated JetStream stream, published on node 2
+            wait_until(lambda: agent.model is not None and agent.model.manifest.version == "v1", "v1 serving")
+            # every chunk came from the worker (a slow first answer may be asked for again after the 1 s timeout)
+            assert server.served >= -(-desired.size // 4096) and agent.failover.index == 0
+            store = Store(db)
+            wait_until(lambda: store.counts()["telemetry"] >= 2 and server.ingest.flush(5), "telemetry in PostgreSQL")
+            assert store.device("lab", "dev-1")["package_version"] == "v1"
+        finally:
+            agent.stop()
+            host.close()
+            server.stop()
