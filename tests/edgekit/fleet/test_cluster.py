@@ -3,13 +3,11 @@ another (queue group), PostgreSQL storing what devices report."""
 
 from __future__ import annotations
 
-import time
-
 import pkgs
 import pytest
 from edgekit_agent.agent import Agent, AgentConfig
 from edgekit_agent.protocol import Desired
-from fleet import Host
+from fleet import Host, wait_until
 from stores import store_url
 
 from edgekit.fleet.ingest import Ingest
@@ -29,16 +27,6 @@ def cluster(tmp_path):
     c.start()
     yield c
     c.stop()
-
-
-def wait_until(predicate, what: str, timeout: float = 90.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def package(tmp_path, repo, keys, name: str, counter: int, **src) -> Desired:
@@ -64,7 +52,9 @@ def test_an_agent_on_one_node_installs_through_a_serve_worker_on_another_and_rep
         try:
             desired = package(tmp_path, repo, keys, "v1", 7, extra={"pad.bin": b"x" * 200_000})
             host.desire(desired)  # retained in a replicated JetStream stream, published on node 2
-            wait_until(lambda: agent.model is not None and agent.model.manifest.version == "v1", "v1 serving")
+            wait_until(
+                lambda: agent.model is not None and agent.model.manifest.version == "v1", "v1 serving", timeout=90
+            )
             # every chunk came from the worker (a slow first answer may be asked for again after the 1 s timeout)
             assert server.served >= -(-desired.size // 4096) and agent.failover.index == 0
             store = Store(db)

@@ -16,6 +16,7 @@ import pytest
 from edgekit_agent.agent import Agent, AgentConfig
 from edgekit_agent.inference import encode
 from edgekit_agent.protocol import topic
+from fleet import wait_until
 
 from edgekit.fleet import mqtt
 from edgekit.fleet.ingest import Ingest
@@ -49,16 +50,6 @@ class Traffic:
         self.thread.join(5)
         self.client.disconnect()
         self.client.loop_stop()
-
-
-def wait_until(predicate, what: str, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
