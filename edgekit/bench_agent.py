@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -291,15 +292,14 @@ def _transfer(tmp: Path, url: str, pkg: Path, pub: Path, windows: tuple[int, ...
     return out
 
 
+@dataclass
 class _Stalling(PackageServer):
     """Answers only the chunks below ``upto`` (None: all) and records what it is asked for."""
 
     upto: int | None = None
-    requested: list[int] | None = None
+    requested: list[int] = field(default_factory=list)
 
     def answer(self, request: Any) -> Any:
-        if self.requested is None:
-            self.requested = []
         self.requested.append(request.offset)
         if self.upto is not None and request.offset >= self.upto:
             return None  # the device times out and asks again: a download stuck at half
@@ -331,7 +331,7 @@ def _resume(tmp: Path, repo: Path, url: str, pkg: Path, pub: Path) -> dict[str, 
     finally:
         stalling.stop()
     return {"chunks": count, "held_at_kill": held, "resumed_chunks": done["resumed_chunks"],
-            "fetched_after_restart": len(stalling.requested or []), "fetch_s": done["seconds"],
+            "fetched_after_restart": len(stalling.requested), "fetch_s": done["seconds"],
             "restart_to_downloaded_s": wall}  # fmt: skip
 
 

@@ -13,13 +13,13 @@ fleet and device names must not contain one on such a cluster.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgekit.errors import EdgekitError
+from edgekit.fleet import mqtt
 from edgekit.fleet.broker import free_port
 
 
@@ -119,28 +119,23 @@ class NatsCluster:
             log.close()
 
     def _wait_mqtt(self, node: Node, deadline: float) -> None:
-        """Listening is not enough: MQTT answers CONNECT only once JetStream has a meta leader."""
-        import paho.mqtt.client as mqtt
-
+        """Listening is not enough: MQTT acknowledges a QoS1 publish only once JetStream has a meta leader."""
         while time.monotonic() < deadline:
             if node.proc is not None and node.proc.poll() is not None:
                 raise ClusterFailed(f"nats-server {node.name} exited; see {self.workdir / node.name / 'nats.log'}")
-            with socket.socket() as s:
-                listening = s.connect_ex(("127.0.0.1", node.mqtt_port)) == 0
-            if listening:
-                c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgekit-probe-{node.name}")
-                try:
-                    if c.connect("127.0.0.1", node.mqtt_port, keepalive=10) == 0:
-                        c.loop_start()
-                        info = c.publish("edgekit/probe", b"", qos=1)
-                        info.wait_for_publish(timeout=5)
-                        ok = info.is_published()
-                        c.disconnect()
-                        c.loop_stop()
-                        if ok:
-                            return
-                except OSError:
-                    pass
+            c = mqtt.client(f"probe-{node.name}")
+            try:
+                mqtt.connect(c, node.mqtt_url, timeout=5)
+            except mqtt.BrokerUnreachable:
+                time.sleep(0.2)
+                continue
+            info = c.publish("edgekit/probe", b"", qos=1)
+            info.wait_for_publish(timeout=5)
+            ok = info.is_published()
+            c.disconnect()
+            c.loop_stop()
+            if ok:
+                return
             time.sleep(0.2)
         self.stop()
         raise ClusterFailed(f"nats-server {node.name} did not accept MQTT in time; see its nats.log")

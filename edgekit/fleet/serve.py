@@ -115,10 +115,10 @@ class PackageServer:
                 self.client.publish(topic(fleet, device, "chunk/response"), response.to_bytes(), qos=0)
 
     def start(self) -> None:
+        if self.ingest is not None:
+            self.ingest.start()
         if self.nats:
             self._nats = NatsTransport(self, self.nats, group=self.share or "edgekit-serve")
-            if self.ingest is not None:
-                self.ingest.start()
             self._nats.start()
             return
         self.client = mqtt.client("serve", self.session)
@@ -126,8 +126,6 @@ class PackageServer:
         kinds = ["chunk/request"] + (["state", "telemetry", "events"] if self.ingest is not None else [])
         prefix = f"$share/{self.share}/" if self.share else ""
         self.client.on_connect = lambda c, *_: c.subscribe([(f"{prefix}edgekit/v1/+/+/{k}", 1) for k in kinds])
-        if self.ingest is not None:
-            self.ingest.start()
         mqtt.connect(self.client, self.broker)
         for _ in range(self.workers):
             threading.Thread(target=self._work, daemon=True, name="edgekit-serve").start()
@@ -148,6 +146,11 @@ class PackageServer:
 def subject_of(topic_name: str) -> str:
     """The NATS subject an MQTT topic arrives on (NATS 2.9 refuses topics with '.', so this is exact)."""
     return topic_name.replace("/", ".")
+
+
+def topic_of(subject: str) -> str:
+    """The MQTT topic a NATS subject came from: the inverse of :func:`subject_of`."""
+    return subject.replace(".", "/")
 
 
 class NatsTransport:
@@ -201,7 +204,7 @@ class NatsTransport:
 
         async def on_request(msg: Any) -> None:
             try:
-                fleet, device, _ = parse_topic(msg.subject.replace(".", "/"))
+                fleet, device, _ = parse_topic(topic_of(msg.subject))
                 response = self.server.answer(ChunkRequest.from_json(msg.data))
             except ProtocolError:
                 self.server.refused += 1
@@ -210,7 +213,7 @@ class NatsTransport:
                 await nc.publish(subject_of(topic(fleet, device, "chunk/response")), response.to_bytes())
 
         async def on_report(msg: Any) -> None:
-            ingest.accept(msg.subject.replace(".", "/"), msg.data)
+            ingest.accept(topic_of(msg.subject), msg.data)
 
         kinds = self.KINDS if ingest is not None else self.KINDS[:1]
         for kind in kinds:
