@@ -171,13 +171,14 @@ def render_packager(res: dict[str, Any]) -> list[str]:
 
 
 def _sections() -> dict[str, tuple[Any, Any]]:
-    from edgekit import bench_agent, bench_fleet, bench_package
+    from edgekit import bench_agent, bench_fleet, bench_package, bench_scaling
 
     return {
         "packager": (run_packager, render_packager),
         "package": (bench_package.run, bench_package.render),
         "agent": (bench_agent.run, bench_agent.render),
         "fleet": (bench_fleet.run, bench_fleet.render),
+        "scaling": (bench_scaling.run, bench_scaling.render),
     }
 
 

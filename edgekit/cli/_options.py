@@ -67,7 +67,13 @@ def signing(
 
 
 # -- fleet commands ---------------------------------------------------------------------------------------
-Broker = Annotated[str, typer.Option(envvar="EDGEKIT_BROKER", help="mqtt://HOST:PORT of the fleet's broker")]
+Broker = Annotated[
+    str,
+    typer.Option(
+        envvar="EDGEKIT_BROKER",
+        help="mqtt://HOST:PORT of the fleet's broker; a cluster's nodes separated by commas (failover in order)",
+    ),
+]
 Db = Annotated[
     str, typer.Option(envvar="EDGEKIT_DB", help="fleet store: sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -17,14 +18,32 @@ app = typer.Typer(help="Run a local MQTT broker, or write a production Mosquitto
 @app.callback(invoke_without_command=True)
 def broker(
     ctx: typer.Context,
-    port: Annotated[int, typer.Option(help="TCP port to listen on")] = 1883,
+    port: Annotated[int, typer.Option(help="TCP port to listen on (a cluster: node i's MQTT port is PORT+i)")] = 1883,
     bind: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    engine: Annotated[str, typer.Option(help="mosquitto (one node) or nats (nats-server with JetStream + MQTT)")] = (
+        "mosquitto"
+    ),
+    cluster: Annotated[int, typer.Option(help="nodes (--engine nats)")] = 1,
+    nats_port: Annotated[
+        int, typer.Option(help="--engine nats: node i's NATS port is NATS_PORT+i, its route port NATS_PORT+2000+i")
+    ] = 4222,
 ) -> None:
     """Run Mosquitto with edgekit's settings (or the embedded Python broker where Mosquitto is missing)
-    until Ctrl-C. For a secured broker see `edgekit broker config`."""
+    until Ctrl-C; or, with --engine nats --cluster 3, a NATS cluster on this machine that speaks MQTT to
+    devices and NATS to `edgekit serve --nats`. For a secured broker see `edgekit broker config`."""
     if ctx.invoked_subcommand is not None:
         return
     from edgekit.cli.fleet import _wait_for_signal
+
+    if engine not in ("mosquitto", "nats"):
+        raise opt.OptionInvalid(f"--engine {engine!r} is not one of mosquitto, nats")
+    if cluster < 1:
+        raise opt.OptionInvalid("--cluster must be 1 or more")
+    if engine == "nats":
+        _nats(port, nats_port, bind, cluster, _wait_for_signal)
+        return
+    if cluster > 1:
+        raise opt.OptionInvalid("--cluster needs --engine nats (Mosquitto does not cluster)")
     from edgekit.fleet.broker import LocalBroker
 
     with tempfile.TemporaryDirectory(prefix="edgekit-broker-") as tmp:
@@ -35,6 +54,26 @@ def broker(
             _wait_for_signal()
         finally:
             local.stop()
+
+
+def _nats(port: int, nats_port: int, bind: str, size: int, wait: Callable[[], None]) -> None:
+    from edgekit.fleet.natscluster import ClusterFailed, NatsCluster, Node
+
+    nodes = [Node(f"n{i}", nats_port + i, nats_port + 2000 + i, port + i, host=bind) for i in range(size)]
+    with tempfile.TemporaryDirectory(prefix="edgekit-nats-") as tmp:
+        cluster = NatsCluster(Path(tmp), size=size, nodes=nodes)
+        err.print(f"starting {size} nats-server node(s) in {tmp} …", highlight=False)
+        try:
+            cluster.start()
+        except ClusterFailed as exc:
+            raise ClusterFailed(f"{exc}; pick free ports with --port and --nats-port") from None
+        try:
+            err.print(f"devices:  --broker {','.join(cluster.mqtt_urls)}", highlight=False, soft_wrap=True)
+            err.print(f"serve:    edgekit serve --nats {','.join(cluster.nats_urls)}", highlight=False, soft_wrap=True)
+            err.print("Ctrl-C stops the cluster", highlight=False)
+            wait()
+        finally:
+            cluster.stop()
 
 
 @app.command()

@@ -58,6 +58,13 @@ def serve(
         str | None,
         typer.Option(help="shared-subscription GROUP ($share/GROUP/…): start several serve workers with the same one"),
     ] = None,
+    nats: Annotated[
+        str | None,
+        typer.Option(
+            help="nats://HOST:PORT[,…] of a NATS cluster with MQTT enabled: take requests through a queue group and "
+            "reports through a durable JetStream consumer (GROUP from --share, default edgekit-serve)"
+        ),
+    ] = None,
 ) -> None:
     """Answer devices' chunk requests and ingest their state, telemetry and events until Ctrl-C."""
     from edgekit.fleet.ingest import Ingest
@@ -65,7 +72,9 @@ def serve(
 
     sys.setswitchinterval(0.001)  # paho thread -> workers hand-offs; see edgekit_agent.cli
     ingest = None if no_ingest else Ingest(_store(db))
-    server = PackageServer(packages, broker, ingest=ingest, session=session, share=share)
+    if nats and session:
+        raise opt.OptionInvalid("--session is for MQTT brokers; with --nats the JetStream consumer keeps reports")
+    server = PackageServer(packages, broker, ingest=ingest, session=session, share=share, nats=nats)
     metrics = None
     if metrics_port is not None:  # before anything starts: a busy port must not leave serve half up
         from edgekit.fleet.metrics import MetricsServer
@@ -75,7 +84,7 @@ def serve(
     server.start()
     if metrics is not None:
         metrics.start()
-    err.print(f"serving {len(index)} package(s) from {packages} on {broker}"
+    err.print(f"serving {len(index)} package(s) from {packages} on {nats or broker}"
               + ("" if ingest is None else f"; ingesting into {db}")
               + ("" if metrics is None else f"; metrics on http://127.0.0.1:{metrics_port}/metrics"),
               highlight=False)  # fmt: skip

@@ -5,6 +5,8 @@ per batch (up to ``batch`` messages or ``interval`` seconds). When the store fal
 fills and ``accept`` waits, which stops paho reading the socket: the broker holds the QoS1 messages
 instead of us dropping them (backpressure rather than loss). A malformed message is counted and logged,
 never fatal; a store error keeps the batch and retries, so a brief database outage loses nothing.
+A message may carry a ``done`` callback, called once its batch is committed (or it is found malformed):
+that is where a transport acknowledges it to a broker that redelivers what was never acknowledged.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edgekit_agent.protocol import ProtocolError, loads, parse_topic
@@ -49,7 +52,7 @@ class Ingest:
     _thread: threading.Thread | None = None
     _idle: threading.Event = field(default_factory=threading.Event)
 
-    def accept(self, topic: str, payload: bytes) -> None:
+    def accept(self, topic: str, payload: bytes, done: Callable[[], None] | None = None) -> None:
         """Parse one message (paho's thread). Waits when the writer is behind: see the module docstring."""
         self.stats.received += 1
         try:
@@ -57,21 +60,25 @@ class Ingest:
             if kind not in INGESTED:
                 raise ProtocolError(f"{kind} is not ingested")
             if kind == "state" and not payload:
+                if done is not None:
+                    done()
                 return  # a cleared retained state
             body = loads(payload, max_bytes=256 * 1024)
         except ProtocolError as exc:
             self.stats.malformed += 1
             log.warning("ignored a malformed message on %s: %s", topic[:200], exc)
+            if done is not None:
+                done()  # redelivering it would not make it valid
             return
         self._idle.clear()
-        self._queue.put(Message(fleet, device, kind, body, digest(topic, payload), time.time()))
+        self._queue.put((Message(fleet, device, kind, body, digest(topic, payload), time.time()), done))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, daemon=True, name="edgekit-ingest")
         self._thread.start()
 
-    def _drain(self) -> list[Message]:
-        items: list[Message] = []
+    def _drain(self) -> list[tuple[Message, Callable[[], None] | None]]:
+        items: list[tuple[Message, Callable[[], None] | None]] = []
         with contextlib.suppress(queue.Empty):
             items.append(self._queue.get(timeout=self.interval))
             deadline = time.monotonic() + self.interval
@@ -81,7 +88,7 @@ class Ingest:
         return items
 
     def _run(self) -> None:
-        pending: list[Message] = []
+        pending: list[tuple[Message, Callable[[], None] | None]] = []
         while not (self._stop.is_set() and self._queue.empty() and not pending):
             if not pending:
                 pending = self._drain()
@@ -89,7 +96,7 @@ class Ingest:
                     self._idle.set()
                     continue
             try:
-                new = self.store.ingest(pending)
+                new = self.store.ingest([m for m, _ in pending])
             except Exception as exc:  # the database went away: keep the batch, retry
                 self.stats.store_errors += 1
                 self.stats.last_error = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
@@ -99,6 +106,9 @@ class Ingest:
             self.stats.batches += 1
             self.stats.stored += new
             self.stats.duplicates += len(pending) - new
+            for _, done in pending:
+                if done is not None:
+                    done()
             pending = []
 
     def flush(self, timeout: float = 10.0) -> bool:

@@ -40,36 +40,59 @@ class Node:
     client_port: int
     cluster_port: int
     mqtt_port: int
+    host: str = "127.0.0.1"
     proc: subprocess.Popen | None = None
 
     @property
+    def address(self) -> str:
+        """Where clients reach it: a wildcard listen address is reached on loopback from this machine."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+
+    @property
     def mqtt_url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.mqtt_port}"
+        return f"mqtt://{self.address}:{self.mqtt_port}"
 
     @property
     def nats_url(self) -> str:
-        return f"nats://127.0.0.1:{self.client_port}"
+        return f"nats://{self.address}:{self.client_port}"
 
 
 def node_config(node: Node, nodes: list[Node], store: Path, replicas: int) -> str:
-    routes = ", ".join(f'"nats-route://127.0.0.1:{n.cluster_port}"' for n in nodes if n is not node)
+    routes = ", ".join(f'"nats-route://{n.address}:{n.cluster_port}"' for n in nodes if n is not node)
+    cluster = (
+        f"""cluster {{
+  name: edgekit
+  listen: {node.host}:{node.cluster_port}
+  routes: [{routes}]
+}}
+"""
+        if len(nodes) > 1
+        else ""
+    )  # one node: plain JetStream, no Raft group to wait for
     return f"""server_name: {node.name}
-listen: 127.0.0.1:{node.client_port}
+listen: {node.host}:{node.client_port}
 jetstream {{
   store_dir: "{store}"
   max_memory_store: 256MB
   max_file_store: 2GB
 }}
-cluster {{
-  name: edgekit
-  listen: 127.0.0.1:{node.cluster_port}
-  routes: [{routes}]
-}}
-mqtt {{
-  listen: 127.0.0.1:{node.mqtt_port}
+{cluster}mqtt {{
+  listen: {node.host}:{node.mqtt_port}
   stream_replicas: {replicas}
 }}
 """
+
+
+def last_error(log: Path) -> str:
+    """The last [ERR]/[FTL] line of a node's log, without the timestamp: why it would not start."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return "no log"
+    for line in reversed(lines):
+        if "[FTL]" in line or "[ERR]" in line:
+            return line.split("] ", 2)[-1].strip()
+    return lines[-1].strip() if lines else "empty log"
 
 
 @dataclass
@@ -122,7 +145,10 @@ class NatsCluster:
         """Listening is not enough: MQTT acknowledges a QoS1 publish only once JetStream has a meta leader."""
         while time.monotonic() < deadline:
             if node.proc is not None and node.proc.poll() is not None:
-                raise ClusterFailed(f"nats-server {node.name} exited; see {self.workdir / node.name / 'nats.log'}")
+                self.stop()
+                raise ClusterFailed(
+                    f"nats-server {node.name} exited: {last_error(self.workdir / node.name / 'nats.log')}"
+                )
             c = mqtt.client(f"probe-{node.name}")
             try:
                 mqtt.connect(c, node.mqtt_url, timeout=5)
@@ -138,7 +164,10 @@ class NatsCluster:
                 return
             time.sleep(0.2)
         self.stop()
-        raise ClusterFailed(f"nats-server {node.name} did not accept MQTT in time; see its nats.log")
+        raise ClusterFailed(
+            f"nats-server {node.name} did not accept MQTT in time (last log line: "
+            f"{last_error(self.workdir / node.name / 'nats.log')})"
+        )
 
     def kill(self, index: int) -> Node:
         """kill -9 one node: what a crashed machine looks like to the others."""

@@ -8,20 +8,28 @@ thread and served by a worker pool reading with ``os.pread`` from open files: no
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import queue
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from edgekit_agent.protocol import ChunkRequest, ChunkResponse, ProtocolError, parse_topic, topic
 
 from edgekit.errors import EdgekitError
 from edgekit.fleet import mqtt
 
+log = logging.getLogger("edgekit.serve")
+
 
 class PackagesNotFound(EdgekitError):
+    pass
+
+
+class ClusterNotReady(EdgekitError):
     pass
 
 
@@ -154,29 +162,50 @@ def topic_of(subject: str) -> str:
 
 
 class NatsTransport:
-    """``edgekit serve --nats``: the same server on a NATS cluster's native port, through a queue group.
+    """``edgekit serve --nats``: the same server on a NATS cluster's native port.
 
     Devices still speak MQTT to the cluster; their topics arrive as subjects (``edgekit/v1/f/d/telemetry`` ⇄
-    ``edgekit.v1.f.d.telemetry``). Every worker subscribes with the same queue group, so NATS hands each
-    message to exactly one of them; chunk responses are published on the response topic's subject and reach
-    the device's MQTT subscription. nats-py's own reconnect moves a worker to a surviving node.
+    ``edgekit.v1.f.d.telemetry``). Two paths, because the two kinds of message need different guarantees:
+
+    - chunk requests (QoS 0; a lost one is asked for again) come through a core NATS queue group: every
+      worker subscribes with the same group and NATS hands each request to one of them, at the lowest latency;
+    - reports (state, telemetry, events, sent at QoS 1) come from a durable JetStream consumer on the stream
+      in which the cluster's MQTT gateway stores every QoS 1 publish *before* it acknowledges it to the device
+      (``$MQTT_msgs``). All workers pull from the one consumer, so each message goes to one worker, and a
+      message is acknowledged only once its batch is committed to the store: a worker or node that dies
+      with messages in hand has them redelivered to another worker after ``ack_wait``, and the store's
+      digest keeps a redelivered message from being counted twice. A core queue subscription would be
+      at-most-once: what is in flight to a worker whose node dies is gone, although the device got its PUBACK.
+
+    nats-py's own reconnect moves a worker to a surviving node.
     """
 
-    KINDS = ("chunk.request", "state", "telemetry", "events")
+    MQTT_STREAM = "$MQTT_msgs"  # nats-server's MQTT gateway: one stream of every QoS 1 message (2.9 and later)
+    MQTT_PREFIX = "$MQTT.msgs."
+    REPORTS = ("state", "telemetry", "events")
+    BATCH = 512
+    ACK_WAIT = 30.0
+    # while no worker pulls, the consumer keeps reports in the cluster; after this long it is removed, so a
+    # serve group that is gone for good does not make the cluster keep every QoS 1 message forever
+    KEEP_WHILE_DOWN = 24 * 3600.0
 
     def __init__(self, server: PackageServer, urls: str, *, group: str) -> None:
         self.server, self.group = server, group
         self.urls = [u.strip() for u in urls.split(",") if u.strip()]
+        for url in self.urls or [""]:
+            parsed = urlparse(url)
+            if parsed.scheme not in ("nats", "tls") or not parsed.hostname:
+                raise mqtt.BrokerUnreachable(f"--nats {url!r} must look like nats://HOST:PORT (several: with commas)")
         self._loop: Any = None
         self._ready = threading.Event()
         self._failed: list[str] = []
         self._thread = threading.Thread(target=self._run, daemon=True, name="edgekit-serve-nats")
 
-    def start(self, timeout: float = 15.0) -> None:
+    def start(self, timeout: float = 30.0) -> None:
         self._thread.start()
         if not self._ready.wait(timeout) or self._failed:
             reason = self._failed[0] if self._failed else f"no answer within {timeout:.0f} s"
-            raise mqtt.BrokerUnreachable(f"cannot reach NATS at {', '.join(self.urls)} ({reason}); fix --nats")
+            raise mqtt.BrokerUnreachable(f"cannot use NATS at {', '.join(self.urls)}: {reason}")
 
     def _run(self) -> None:
         import asyncio
@@ -193,14 +222,26 @@ class NatsTransport:
         import nats
 
         self._done = asyncio.Event()
+
+        async def quiet(exc: Exception) -> None:  # nats-py prints a traceback per failed reconnect otherwise
+            log.debug("nats: %s", exc)
+
         try:
-            nc = await nats.connect(servers=self.urls, name=f"edgekit-serve-{self.group}", connect_timeout=5,
-                                    max_reconnect_attempts=-1, reconnect_time_wait=0.5)  # fmt: skip
-        except Exception as exc:  # nats-py raises several types for an unreachable cluster
-            self._failed.append(str(exc) or type(exc).__name__)
+            # the first URL first, as with --broker lists; the others (and what the cluster announces) on failure
+            nc = await asyncio.wait_for(
+                nats.connect(servers=self.urls, name=f"edgekit-serve-{self.group}", connect_timeout=5,
+                             max_reconnect_attempts=-1, reconnect_time_wait=0.5, dont_randomize=True,
+                             error_cb=quiet),
+                timeout=10,
+            )  # fmt: skip
+        except TimeoutError:  # nats-py keeps trying every server until then
+            self._failed.append("no server answered within 10 s; start the cluster or fix --nats")
             self._ready.set()
             return
-        ingest = self.server.ingest
+        except Exception as exc:  # nats-py raises several types for a refused or malformed connection
+            self._failed.append(f"{str(exc) or type(exc).__name__}; fix --nats")
+            self._ready.set()
+            return
 
         async def on_request(msg: Any) -> None:
             try:
@@ -212,17 +253,89 @@ class NatsTransport:
             if response is not None:
                 await nc.publish(subject_of(topic(fleet, device, "chunk/response")), response.to_bytes())
 
-        async def on_report(msg: Any) -> None:
-            ingest.accept(topic_of(msg.subject), msg.data)
-
-        kinds = self.KINDS if ingest is not None else self.KINDS[:1]
-        for kind in kinds:
-            await nc.subscribe(f"edgekit.v1.*.*.{kind}", queue=self.group,
-                               cb=on_request if kind == "chunk.request" else on_report)  # fmt: skip
+        await nc.subscribe("edgekit.v1.*.*.chunk.request", queue=self.group, cb=on_request)
+        consumer = None
+        if self.server.ingest is not None:
+            try:
+                consumer = await self._reports(nc)
+            except Exception as exc:
+                self._failed.append(str(exc) or type(exc).__name__)
+                self._ready.set()
+                await nc.close()
+                return
         await nc.flush()
         self._ready.set()
+        pull = asyncio.ensure_future(self._pull(consumer)) if consumer is not None else None
         await self._done.wait()
-        await nc.drain()  # what this worker already took is handled before it leaves
+        if pull is not None:
+            await pull
+            # what is already taken gets stored and acknowledged before the worker leaves
+            await asyncio.get_running_loop().run_in_executor(None, self.server.ingest.flush, 10.0)
+        await nc.drain()
+
+    async def _reports(self, nc: Any) -> Any:
+        """The shared durable consumer of device reports (created by the first worker, bound by the others)."""
+        import asyncio
+
+        from nats.js.api import AckPolicy, ConsumerConfig
+        from nats.js.errors import NotFoundError
+
+        js = nc.jetstream()
+        for attempt in range(20):
+            try:
+                await js.stream_info(self.MQTT_STREAM)
+                break
+            except NotFoundError:
+                # nats-server creates its MQTT streams when the first MQTT client connects
+                if attempt == 0 and self.server.broker:
+                    await asyncio.get_running_loop().run_in_executor(None, self._touch_mqtt)
+                await asyncio.sleep(0.5)
+        else:
+            raise ClusterNotReady(
+                f"the NATS cluster has no {self.MQTT_STREAM} stream: enable its MQTT listener "
+                "(mqtt { listen: ... } with JetStream) and give the MQTT URL with --broker"
+            )
+        config = ConsumerConfig(durable_name=self.group, filter_subject=f"{self.MQTT_PREFIX}edgekit.v1.>",
+                                ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ACK_WAIT, max_ack_pending=50_000,
+                                max_waiting=512, inactive_threshold=self.KEEP_WHILE_DOWN)  # fmt: skip
+        await js.add_consumer(self.MQTT_STREAM, config)
+        return await js.pull_subscribe_bind(self.group, self.MQTT_STREAM)
+
+    def _touch_mqtt(self) -> None:
+        """One MQTT connection makes nats-server create its MQTT streams (this runs in a thread)."""
+        try:
+            c = mqtt.client("serve-probe")
+            mqtt.connect(c, self.server.broker, timeout=5)
+            c.disconnect()
+            c.loop_stop()
+        except mqtt.BrokerUnreachable:
+            pass  # reported as the missing stream
+
+    async def _pull(self, consumer: Any) -> None:
+        import asyncio
+
+        import nats.errors
+
+        loop = asyncio.get_running_loop()
+        ingest = self.server.ingest
+        while not self._done.is_set():
+            try:
+                batch = await consumer.fetch(self.BATCH, timeout=0.5)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except nats.errors.Error:
+                await asyncio.sleep(0.5)  # a node went away or a consumer leader is being elected
+                continue
+            for msg in batch:
+                name = topic_of(msg.subject[len(self.MQTT_PREFIX) :])
+                if name.rsplit("/", 1)[-1] not in self.REPORTS:
+                    await msg.ack()  # desired states and inference replies share the stream
+                    continue
+
+                def done(msg: Any = msg) -> None:  # called from the ingest thread once committed
+                    loop.call_soon_threadsafe(lambda: asyncio.ensure_future(msg.ack()))
+
+                ingest.accept(name, msg.data, done)
 
     def stop(self) -> None:
         if self._loop is not None and self._loop.is_running():

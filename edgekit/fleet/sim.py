@@ -4,18 +4,30 @@ Each simulated device is a real MQTT client (its own connection, last will, reta
 QoS1 telemetry on the real topic) but runs no model: its telemetry says ``"simulated": true``, its latency
 is drawn from a fixed distribution and its power is ``none``. ``--real`` instead starts real agents
 (``edgekit_agent.Agent``) in this process, which download, verify, install and serve what they are told.
+
+A simulated device given a ``follow`` directory also takes part in rollouts at a fraction of an agent's
+cost: it subscribes to its retained ``desired`` state, pulls the named package through the real chunk
+protocol (``edgekit_agent.transfer``: windowed, hash-checked, resumable), checks the whole file's sha256,
+and then reports the package as its own in ``state`` and ``telemetry``. It does not verify signatures or
+run the model: that is what real agents are for. With several broker URLs (a cluster's nodes) device *i*
+starts at node *i mod N* and fails over to the others.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import queue
 import random
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from edgekit_agent.protocol import dumps, topic
+from edgekit_agent.protocol import ChunkRequest, ChunkResponse, Desired, ProtocolError, dumps, parse_topic, topic
+from edgekit_agent.transfer import Transfer, TransferError
 
 from edgekit.fleet import mqtt
 
@@ -31,15 +43,23 @@ class SimDevice:
     profile: str
     broker: str
     seed: int = 0
-    sent: int = 0
-    acked: int = 0
+    follow: Path | None = None  # a work directory: download what ``desired`` names (see the module docstring)
+    sent: int = 0  # telemetry messages
+    published: int = 0  # every publish: telemetry, state and chunk requests
+    acked: int = 0  # paho's on_publish: QoS 0 once written, QoS 1 once acknowledged (once, even if re-sent)
+    package: dict[str, Any] | None = None
+    installs: int = 0
     _client: Any = None
     _rng: random.Random = field(default_factory=random.Random)
+    _desired: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=16))
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _transfer: Transfer | None = None
+    _thread: threading.Thread | None = None
 
     def _state(self, status: str) -> bytes:
         return dumps({"status": status, "device": self.device, "profile": self.profile, "agent_version": "sim",
-                      "package": None, "runtime": None, "capabilities": {"runtimes": []}, "simulated": True,
-                      "time": _now()})  # fmt: skip
+                      "package": self.package, "runtime": None, "capabilities": {"runtimes": []},
+                      "simulated": True, "time": _now()})  # fmt: skip
 
     def start(self) -> None:
         self._rng.seed(self.seed)
@@ -48,9 +68,86 @@ class SimDevice:
         c.max_inflight_messages_set(100)
         c.will_set(topic(self.fleet, self.device, "state"), self._state("offline"), qos=1, retain=True)
         c.on_publish = self._on_publish
-        mqtt.connect(c, self.broker, timeout=30)
-        c.publish(topic(self.fleet, self.device, "state"), self._state("online"), qos=1, retain=True)
+        c.on_connect = self._on_connect
+        c.on_message = self._on_message
         self._client = c
+        if self.follow is not None:
+            self._transfer = Transfer(self._request, chunk_size=16 * 1024, window=8, timeout=2.0, retries=30)
+            self._thread = threading.Thread(target=self._follow, daemon=True, name=f"sim-{self.device}")
+            self._thread.start()
+        mqtt.connect(c, self.broker, timeout=30)
+
+    def _on_connect(self, client: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        """Every (re)connect: the session is clean, so subscribe again and say we are online."""
+        if reason.is_failure:
+            return
+        if self.follow is not None:
+            # QoS 0 is enough for a retained message (it comes again on every subscribe), and on NATS it
+            # costs no JetStream consumer per device
+            client.subscribe([(topic(self.fleet, self.device, k), 0) for k in ("desired", "chunk/response")])
+        self._publish_state("online")
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.is_connected()
+
+    @property
+    def port(self) -> int | None:
+        """The broker port the client is on (or trying): which cluster node it uses."""
+        return self._client.port if self._client is not None else None
+
+    def _publish_state(self, status: str) -> Any:
+        self.published += 1
+        return self._client.publish(topic(self.fleet, self.device, "state"), self._state(status), qos=1, retain=True)
+
+    def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+        try:
+            kind = parse_topic(msg.topic)[2]
+            if kind == "desired" and msg.payload:
+                with contextlib.suppress(queue.Full):
+                    self._desired.put_nowait(Desired.from_json(msg.payload))
+            elif kind == "chunk/response" and self._transfer is not None:
+                self._transfer.deliver(ChunkResponse.from_bytes(msg.payload))
+        except ProtocolError:
+            pass  # a simulated device has no event channel to complain on; the real agent reports these
+
+    def _request(self, request: ChunkRequest) -> None:
+        self.published += 1
+        self._client.publish(topic(self.fleet, self.device, "chunk/request"), request.to_json(), qos=0)
+
+    def _follow(self) -> None:
+        assert self.follow is not None and self._transfer is not None
+        work = self.follow / self.device
+        work.mkdir(parents=True, exist_ok=True)
+        while not self._stopping.is_set():
+            try:
+                desired = self._desired.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            current = self.package or {}
+            if desired.sha256 == current.get("sha256") or desired.counter < current.get("counter", -1):
+                continue  # already running it, or older than what runs (agents refuse lower counters too)
+            part = work / f"{desired.sha256}.part"
+            while not self._stopping.is_set():
+                try:
+                    self._transfer.fetch(desired, part, stop=self._stopping.is_set)
+                except TransferError:
+                    continue  # resumes from the chunks on disk
+                break
+            if self._stopping.is_set():
+                return
+            if _sha256(part) != desired.sha256:
+                part.unlink()
+                part.with_suffix(".have").unlink(missing_ok=True)
+                with contextlib.suppress(queue.Full):
+                    self._desired.put_nowait(desired)  # fetch it again
+                continue
+            part.with_suffix(".have").unlink(missing_ok=True)
+            part.replace(work / "current.edgepkg")
+            self.package = {"name": desired.name, "version": desired.version, "counter": desired.counter,
+                            "sha256": desired.sha256}  # fmt: skip
+            self.installs += 1
+            self._publish_state("online")
 
     def _on_publish(self, *_args: Any) -> None:
         self.acked += 1
@@ -62,19 +159,32 @@ class SimDevice:
                 "rss_bytes": 50 << 20, "temperature_c": None,
                 "power": {"watts": None, "source": "none", "measured": False},
                 "energy_per_inference_mj": None, "energy_is_estimate": True, "dropped_messages": 0,
-                "package": None, "runtime": None, "simulated": True, "seq": seq, "time": _now()}  # fmt: skip
+                "package": self.package, "runtime": None, "simulated": True, "seq": seq,
+                "time": _now()}  # fmt: skip
+        self.published += 1
         self._client.publish(topic(self.fleet, self.device, "telemetry"), dumps(body), qos=1)
         self.sent += 1
 
     def stop(self, graceful: bool = True) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(10)
         if self._client is None:
             return
         if graceful:
-            info = self._client.publish(topic(self.fleet, self.device, "state"), self._state("offline"), qos=1,
-                                        retain=True)  # fmt: skip
-            info.wait_for_publish(timeout=5)
+            info = self._publish_state("offline")
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout=5)
         self._client.disconnect()
         self._client.loop_stop()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @dataclass
@@ -86,11 +196,16 @@ class Simulation:
     count: int
     profile: str = "x86-64-generic"
     prefix: str = "sim"
+    follow: Path | None = None  # simulated devices install what they are told (see the module docstring)
     devices: list[SimDevice] = field(default_factory=list)
 
     def start(self) -> None:
-        self.devices = [SimDevice(self.fleet, f"{self.prefix}-{i:04d}", self.profile, self.broker, seed=i)
-                        for i in range(self.count)]  # fmt: skip
+        nodes = [u.strip() for u in self.broker.split(",") if u.strip()]
+        self.devices = [
+            SimDevice(self.fleet, f"{self.prefix}-{i:04d}", self.profile,
+                      ",".join(nodes[i % len(nodes):] + nodes[: i % len(nodes)]), seed=i, follow=self.follow)
+            for i in range(self.count)
+        ]  # fmt: skip
         for d in self.devices:
             d.start()
 
@@ -111,7 +226,7 @@ class Simulation:
     def wait_acked(self, timeout: float = 120.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(d.acked >= d.sent + 1 for d in self.devices):  # + the online state
+            if all(d.acked >= d.published for d in self.devices):
                 return True
             time.sleep(0.05)
         return False
@@ -119,6 +234,10 @@ class Simulation:
     @property
     def sent(self) -> int:
         return sum(d.sent for d in self.devices)
+
+    def running(self, version: str) -> int:
+        """How many devices have installed ``version``."""
+        return sum(1 for d in self.devices if (d.package or {}).get("version") == version)
 
     def stop(self) -> None:
         for d in self.devices:
