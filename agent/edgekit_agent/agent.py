@@ -145,6 +145,7 @@ class Agent:
         client.on_disconnect = self._on_disconnect
         client.on_connect_fail = lambda c, _u: None if self.stopping.is_set() else self.failover.next(c)
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     def _state(self, status: str) -> bytes:
@@ -163,10 +164,25 @@ class Agent:
     def _on_connect(self, client: Any, _userdata: Any, _flags: Any, reason_code: Any, _props: Any) -> None:
         if reason_code.is_failure:
             return
-        for kind in ("desired", "chunk/response", "infer/request"):
-            client.subscribe(self._topic(kind), qos=1)
+        self._subscribe(client)
         client.publish(self._topic("state"), self._state("online"), qos=1, retain=True)
         self.connected.set()
+
+    # QoS 0 where it loses nothing: ``desired`` is retained (every subscribe delivers it again) and chunk
+    # responses are sent at QoS 0 anyway. On a NATS cluster each QoS 1 subscription is a replicated
+    # JetStream consumer, whose creation can time out while a node is lost (tests/edgekit/fleet/test_cluster.py).
+    SUBSCRIPTIONS = (("desired", 0), ("chunk/response", 0), ("infer/request", 1))
+
+    def _subscribe(self, client: Any) -> None:
+        client.subscribe([(self._topic(kind), qos) for kind, qos in self.SUBSCRIPTIONS])
+
+    def _on_subscribe(self, client: Any, _userdata: Any, _mid: Any, reason_codes: Any, _props: Any) -> None:
+        """A refused subscription (SUBACK 0x80: the broker could not set it up) is asked for again shortly:
+        without it the device would silently miss its desired state until the next reconnect."""
+        if any(getattr(rc, "is_failure", False) for rc in reason_codes) and not self.stopping.is_set():
+            retry = threading.Timer(random.uniform(1.0, 3.0), lambda: client.is_connected() and self._subscribe(client))
+            retry.daemon = True
+            retry.start()
 
     def _on_disconnect(self, client: Any, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         self.connected.clear()
@@ -256,10 +272,10 @@ class Agent:
                 continue
             path, name, payload = item
             info = self.client.publish(name, payload, qos=1)
-            with contextlib.suppress(RuntimeError, ValueError):
-                info.wait_for_publish(timeout=10)  # in this thread, never in a paho callback
-            if info.is_published():
+            if _acknowledged(info, timeout=10):
                 self.outbox.done(path)
+            else:
+                self.stopping.wait(0.5)  # a lost connection: do not pile copies into paho's queue
 
     def start(self) -> None:
         first = self.failover.current
@@ -284,6 +300,18 @@ class Agent:
         deadline = time.monotonic() + timeout
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _acknowledged(info: Any, timeout: float) -> bool:
+    """Whether the broker acknowledged a QoS 1 publish within ``timeout`` (in the caller's thread, never in a
+    paho callback). A publish that raced a disconnect reports an error instead of raising: it must not end
+    the sender thread (it did, and telemetry then piled up in the outbox until the agent restarted); the
+    message stays in the outbox and is sent again, and the store drops the duplicate if paho re-sent it too."""
+    try:
+        info.wait_for_publish(timeout=timeout)
+        return info.is_published()
+    except (RuntimeError, ValueError):
+        return False
 
 
 def capabilities() -> dict[str, Any]:

@@ -171,7 +171,9 @@ class Store:
              str(m.body.get("kind", "unknown"))[:64], json.dumps(m.body, sort_keys=True))
             for m in messages if m.kind == "events"
         ]  # fmt: skip
-        states = [m for m in messages if m.kind == "state"]
+        # Row locks are taken in (fleet, device) order (a stable sort keeps each device's states in arrival
+        # order): two workers writing overlapping devices in different orders deadlocked on PostgreSQL.
+        states = sorted((m for m in messages if m.kind == "state"), key=lambda m: (m.fleet, m.device))
         new = 0
         with self.tx() as cur:
             if telemetry:
@@ -188,7 +190,7 @@ class Store:
             for m in states:
                 self._upsert_state(cur, m)
             seen = {(m.fleet, m.device): m.received for m in messages if m.kind != "state"}
-            for (fleet, device), received in seen.items():
+            for (fleet, device), received in sorted(seen.items()):
                 cur.execute(
                     "UPDATE devices SET last_seen = ? WHERE fleet = ? AND device = ? AND (last_seen IS NULL "
                     "OR last_seen < ?)",

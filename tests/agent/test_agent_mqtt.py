@@ -311,3 +311,12 @@ def test_with_two_brokers_the_agent_fails_over_when_its_broker_dies(world, tmp_p
         assert nodelay(agent.client)
     finally:
         first.stop()
+
+
+def test_a_publish_that_raced_a_disconnect_counts_as_not_acknowledged_instead_of_ending_the_sender():
+    import paho.mqtt.client as paho
+    from edgekit_agent.agent import _acknowledged
+
+    info = paho.MQTTMessageInfo(1)
+    info.rc = paho.MQTTErrorCode.MQTT_ERR_NO_CONN  # what publish() returns while paho is reconnecting
+    assert _acknowledged(info, timeout=0.1) is False

@@ -92,3 +92,32 @@ def test_a_rollout_to_100_devices_completes_when_a_broker_node_dies_and_no_telem
     assert res["reconnect_s"] is not None, "some device never reconnected"
     assert res["all_acked"], "the cluster did not acknowledge every telemetry message"
     assert res["sent"] > 0 and res["lost"] == 0 and res["stored"] == res["sent"], res
+
+
+def test_a_real_agent_whose_node_dies_moves_on_installs_the_next_package_and_flushes_its_telemetry(tmp_path, cluster):
+    keys = pkgs.keys(tmp_path / "keys")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    with store_url("postgresql", tmp_path) as db:
+        server = PackageServer(repo, "", ingest=Ingest(Store(db)), nats=",".join(cluster.nats_urls[1:]))
+        server.start()
+        host = Host(cluster.mqtt_urls[2])
+        cfg = AgentConfig(broker=",".join(cluster.mqtt_urls), fleet="lab", device_id="dev-1", profile=pkgs.PROFILE,
+                          data_dir=tmp_path / "data", trust=[keys[1]], telemetry_interval=0.2, chunk_size=16384,
+                          chunk_timeout=1.0, retry_interval=2.0)  # fmt: skip
+        agent = Agent(cfg)
+        agent.start()
+        try:
+            host.desire(package(tmp_path, repo, keys, "v1", 1, extra={"pad.bin": os.urandom(100_000)}))
+            wait_until(lambda: agent.model is not None and agent.model.manifest.version == "v1", "v1", timeout=90)
+            cluster.kill(0)  # the agent's node
+            host.desire(package(tmp_path, repo, keys, "v2", 2, extra={"pad.bin": os.urandom(100_000)}))
+            wait_until(lambda: agent.model.manifest.version == "v2", "v2 after the node died", timeout=90)
+            assert agent.failover.index != 0 and agent.connected.is_set()
+            wait_until(lambda: len(agent.outbox) == 0, "the telemetry queued during the failover sent", timeout=60)
+            store = Store(db)
+            wait_until(lambda: store.device("lab", "dev-1")["package_version"] == "v2", "v2 reported", timeout=30)
+        finally:
+            agent.stop()
+            host.close()
+            server.stop()
