@@ -31,6 +31,10 @@ def agents(
         int | None, typer.Option(help="send exactly this many per device, as fast as possible (load tests)")
     ] = None,
     real: Annotated[bool, typer.Option("--real", help="real agents (download, verify, install, serve)")] = False,
+    follow: Annotated[
+        Path | None,
+        typer.Option(help="simulated devices also download what deploy/rollout tell them (chunks, sha256) into DIR"),
+    ] = None,
     trust: opt.Trust = [],  # noqa: B006
     data_dir: Annotated[Path, typer.Option(help="--real: where the agents keep their installs")] = Path("sim-data"),
     fmt: opt.Format = "table",
@@ -53,7 +57,7 @@ def agents(
     else:
         from edgekit.fleet.sim import Simulation
 
-        sim = Simulation(broker, fleet, count, profile=profile, prefix=prefix)
+        sim = Simulation(broker, fleet, count, profile=profile, prefix=prefix, follow=follow)
         sim.start()
         err.print(f"{count} simulated device(s) online in fleet {fleet}; {rate:g} msg/s each for {seconds:g} s",
                   highlight=False)  # fmt: skip

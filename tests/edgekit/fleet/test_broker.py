@@ -44,3 +44,29 @@ def test_an_unreachable_broker_is_one_line(tmp_path):
 
     with pytest.raises(BrokerUnreachable, match="cannot reach the MQTT broker"):
         mqtt.connect(mqtt.client("t"), f"mqtt://127.0.0.1:{free_port()}")
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["broker", "--cluster", "3"], "--cluster needs --engine nats"),
+        (["broker", "--engine", "rabbit"], "--engine 'rabbit' is not one of mosquitto, nats"),
+        (["broker", "--engine", "nats", "--cluster", "0"], "--cluster must be 1 or more"),
+    ],
+)
+def test_impossible_broker_options_are_one_line_errors(cli, args, says):
+    code, _out, err = cli(*args)
+    assert code != 0 and says in err and "Traceback" not in err
+
+
+def test_serve_with_a_malformed_or_unreachable_nats_url_is_a_one_line_error(cli, tmp_path):
+    from edgekit.fleet.broker import free_port
+
+    (tmp_path / "pk").mkdir()
+    db = f"sqlite:///{tmp_path / 'f.db'}"
+    code, _out, err = cli("serve", "--packages", tmp_path / "pk", "--db", db, "--nats", "http://x:1")
+    assert code != 0 and "must look like nats://HOST:PORT" in err and "Traceback" not in err
+    code, _out, err = cli(
+        "serve", "--packages", tmp_path / "pk", "--db", db, "--nats", f"nats://127.0.0.1:{free_port()}"
+    )
+    assert code != 0 and "no server answered" in err and "Traceback" not in err
