@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench lint format clean
+.PHONY: install test soak demo bench lint format clean
 
 install: $(STAMP)
 
@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml agent/pyproject.toml constraints.txt
 test: install
 	@$(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# the fault-injection tests at full count (make test runs them small); prints the figures in docs/reliability.md
+soak: install
+	EDGEKIT_SOAK_KILLS=50 $(VENV)/bin/pytest -s -p no:cacheprovider tests/agent/test_faults.py
 
 demo: install
 	$(VENV)/bin/edgekit demo

@@ -92,6 +92,8 @@ class Agent:
         self.stopping = threading.Event()
         self.connected = threading.Event()
         self.ready = threading.Event()  # recovery done, the installed model (if any) is serving
+        # the installed model has been loaded (or found missing): only then does "online" say what runs
+        self.loaded = threading.Event()
         self.telemetry = Telemetry(power.detect(power_model=config.power_model))
         self.transfer = Transfer(
             self._request_chunk,
@@ -165,8 +167,11 @@ class Agent:
         if reason_code.is_failure:
             return
         self._subscribe(client)
-        client.publish(self._topic("state"), self._state("online"), qos=1, retain=True)
+        # set before the check, as _serving sets ``loaded`` before checking ``connected``: whichever runs
+        # second publishes, so the state is never skipped by both
         self.connected.set()
+        if self.loaded.is_set():
+            client.publish(self._topic("state"), self._state("online"), qos=1, retain=True)
 
     # QoS 0 where it loses nothing: ``desired`` is retained (every subscribe delivers it again) and chunk
     # responses are sent at QoS 0 anyway. On a NATS cluster each QoS 1 subscription is a replicated
@@ -223,7 +228,10 @@ class Agent:
                                                       **data}))  # fmt: skip
 
     def _serving(self, model: Any) -> None:
+        """The model now serving (None: nothing installed). A restarted agent used to say "online" with no
+        package before it had loaded the installed one; the fleet saw a device that ran nothing."""
         self.model = model
+        self.loaded.set()
         if self.connected.is_set():
             self.client.publish(self._topic("state"), self._state("online"), qos=1, retain=True)
 

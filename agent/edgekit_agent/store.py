@@ -48,6 +48,10 @@ class Store:
             d.mkdir(parents=True, exist_ok=True)
         self.state_path = self.root / "state.json"
         self.current_link = self.root / "current"
+        # a kill between atomic_write's write and its rename leaves the temporary file behind; one agent
+        # owns a data dir, so any such file is from a dead process (the soak test found them)
+        for stale in self.root.glob(".*.tmp-*"):
+            stale.unlink(missing_ok=True)
 
     def read_state(self) -> dict[str, Any]:
         try:

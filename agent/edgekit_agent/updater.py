@@ -80,6 +80,8 @@ class Updater:
             if self.store.current() != candidate.resolve():
                 self.store.switch(candidate)
                 self.event("update", {"state": "committed", "reason": "switch completed after a restart"})
+            if self.state.get("installed_sha256"):  # killed after the switch, before the download was dropped
+                self.store.drop_download(self.state["installed_sha256"])
         elif state in ("installing", "smoke_testing"):
             if candidate is not None:
                 self.store.remove_version(candidate)
