@@ -20,11 +20,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from edgekit_agent import runtime
 from edgekit_agent.errors import PackageError
+from edgekit_agent.manifest import format_time
 from edgekit_agent.protocol import Desired
 from edgekit_agent.store import Store
 from edgekit_agent.transfer import Transfer, TransferError
@@ -71,6 +73,22 @@ class Updater:
         self.state = {**self.state, **fields, "state": new}
         self.store.write_state(self.state)
         self.event("update", {"state": new, **{k: v for k, v in fields.items() if k in ("reason", "version")}})
+
+    def trusted_now(self) -> datetime:
+        """The time expiry checks use: never before a moment this device has already seen.
+
+        A device without a battery-backed clock can boot in 1970, and anyone who can set its clock could
+        turn it back to make an expired package valid again. The floor is the latest of the system clock
+        at every verification and the ``issued_at`` of the installed package (it was signed after that
+        moment), persisted in the state file, so it survives restarts and never goes backwards.
+        """
+        floor = _parse(self.state.get("time_floor"))
+        installed = _parse((self.state.get("installed") or {}).get("issued_at"))
+        now = max(t for t in (datetime.now(UTC), floor, installed) if t is not None)
+        if floor is None or now > floor:
+            self.state = {**self.state, "time_floor": format_time(now)}
+            self.store.write_state(self.state)
+        return now
 
     def recover(self) -> None:
         """Bring disk and memory in line after a start (clean or after kill -9), then load what is current."""
@@ -150,6 +168,7 @@ class Updater:
                 profile=self.profile,
                 min_counter=self.state.get("installed_counter", 0) + 1,
                 dest=candidate,
+                now=self.trusted_now(),
             )
             if verified.sha256 != desired.sha256:  # the bytes verified are not the package the host named
                 self.store.drop_download(desired.sha256)
@@ -192,6 +211,13 @@ class Updater:
             self.store.drop_download(desired.sha256)
         self.event("rollback", {"version": desired.version, "reason": reason,
                                 "serving": self.serving.manifest.summary() if self.serving else None})  # fmt: skip
+
+
+def _parse(text: Any) -> datetime | None:
+    try:
+        return datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) if text else None
+    except ValueError:
+        return None  # an unreadable floor is no floor; the system clock still applies
 
 
 def installed_manifest(directory: Path) -> Any:

@@ -320,3 +320,61 @@ def test_a_publish_that_raced_a_disconnect_counts_as_not_acknowledged_instead_of
     info = paho.MQTTMessageInfo(1)
     info.rc = paho.MQTTErrorCode.MQTT_ERR_NO_CONN  # what publish() returns while paho is reconnecting
     assert _acknowledged(info, timeout=0.1) is False
+
+
+def test_the_bad_package_catalogue_against_the_running_agent_over_mqtt(world):
+    """Issue 8: each bad package reaches the agent the way a real one does (desired + chunks through the
+    broker); each must be refused with a reason, reported as a rollback event, and v1 must keep answering."""
+    import hashlib
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    host = install_v1(world)
+    repo, key = world["tmp"] / "repo", world["keys"][0]
+    good = pkgs.build(pkgs.source_dir(world["tmp"] / "src-good", scale=3.0), world["tmp"] / "good.edgepkg", key,
+                      counter=20, version="good")  # fmt: skip
+    raw = good.read_bytes()
+    rng = random.Random(8)
+    now = datetime.now(UTC)
+    cases: list[tuple[str, bytes]] = [
+        (f"flipped-byte-{off}", raw[:off] + bytes([raw[off] ^ 0x40]) + raw[off + 1 :])
+        for off in sorted(rng.sample(range(len(raw)), 8))
+    ]
+    cases += [
+        ("truncated", raw[: len(raw) // 2]),
+        ("trailing-bytes", raw + b"\0" * 1024 + b"x"),
+        ("random-bytes", rng.randbytes(4096)),
+        ("zip", b"PK\x03\x04" + rng.randbytes(2000)),
+    ]
+    for name, issued in (("expired", now - timedelta(days=400)), ("not-yet-valid", now + timedelta(days=30))):
+        src = pkgs.source_dir(world["tmp"] / f"src-{name}")
+        cases.append((name, pkgs.build(src, world["tmp"] / f"{name}.edgepkg", key, counter=21, version=name,
+                                       issued_at=issued).read_bytes()))  # fmt: skip
+    refused = 0
+    for i, (name, data) in enumerate(cases):
+        path = repo / f"bad-{name}.edgepkg"
+        path.write_bytes(data)
+        desired = Desired("tiny", f"bad-{name}", hashlib.sha256(data).hexdigest(), 30 + i, len(data))
+        seen = len(host.events("rollback"))
+        host.desire(desired)
+        event = host.wait_for(lambda seen=seen: host.events("rollback")[seen:], f"a rollback for {name}", 30)[-1]
+        assert event["version"] == f"bad-{name}" and event["serving"]["version"] == "v1", event
+        answer(host, 1.0)
+        refused += 1
+    # an empty package cannot even be named: a desired with size 0 is refused as malformed
+    seen_errors = len(host.events("error"))
+    host.publish("desired", b'{"name": "tiny", "version": "empty", "sha256": "' + b"e3" * 32 + b'", "counter": 98, '
+                 b'"size": 0}', retain=True)  # fmt: skip
+    event = host.wait_for(lambda: host.events("error")[seen_errors:], "an error for the empty package", 30)[-1]
+    assert "size > 0" in event["reason"]
+    answer(host, 1.0)
+    # the desired message itself lies: it names bytes that are not the package serve holds under that hash
+    lying = Desired("tiny", "lying", "ab" * 32, 99, len(raw))
+    seen = len(host.events("rollback"))
+    host.desire(lying)
+    event = host.wait_for(lambda: host.events("rollback")[seen:], "a rollback for the lying desired", 30)[-1]
+    assert "no package with sha256" in event["reason"] and event["serving"]["version"] == "v1"
+    answer(host, 1.0)
+    state = json.loads((world["tmp"] / "data" / "state.json").read_text())
+    assert state["installed"]["version"] == "v1"
+    print(f"\nbad packages sent to the running agent: {len(cases) + 2}, refused: {refused + 2}")

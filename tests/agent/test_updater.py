@@ -82,3 +82,58 @@ def test_every_state_is_reachable_and_only_declared_transitions_are_allowed(tmp_
     up = updater(store, trust, [])
     with pytest.raises(RuntimeError, match="illegal transition idle -> committed"):
         up._enter("committed")
+
+
+def local_transfer(path):
+    """A real Transfer whose requests are answered straight from the package file (no broker needed)."""
+    import hashlib
+
+    from edgekit_agent.protocol import ChunkResponse
+
+    def send(request):
+        with open(path, "rb") as fh:
+            fh.seek(request.offset)
+            data = fh.read(request.length)
+        transfer.deliver(ChunkResponse(request.request_id, request.sha256, request.offset, data,
+                                       hashlib.sha256(data).hexdigest()))  # fmt: skip
+
+    transfer = Transfer(send, chunk_size=4096)
+    return transfer
+
+
+@pytest.mark.parametrize("floor", [None, "2028-01-01T00:00:00Z"])
+def test_expiry_is_checked_against_a_time_floor_that_turning_the_clock_back_cannot_undo(tmp_path, floor):
+    """The device has already seen 2028, after the package's expiry (2027-11-01); its clock now says 2026
+    again. Without a floor the package would install; with it, it is refused as expired."""
+    from edgekit_agent.protocol import Desired
+
+    from edgekit.fleet.serve import sha256_file
+
+    key, pub = pkgs.keys(tmp_path / "keys")
+    pkg = pkgs.build(pkgs.source_dir(tmp_path / "src"), tmp_path / "p.edgepkg", key, counter=9, version="v9")
+    store = Store(tmp_path / "data")
+    if floor:
+        store.write_state({"state": "idle", "installed": None, "installed_counter": 0, "time_floor": floor})
+    events: list = []
+    up = Updater(store, trust=TrustStore.load([pub]), profile=pkgs.PROFILE, transfer=local_transfer(pkg),
+                 event=lambda kind, data: events.append((kind, data)))  # fmt: skip
+    up.apply(Desired("tiny", "v9", sha256_file(pkg), 9, pkg.stat().st_size))
+    if floor is None:
+        assert up.state["state"] == "committed" and up.serving.manifest.version == "v9"
+    else:
+        assert up.state["state"] == "rolled_back" and up.serving is None
+        assert "expired" in up.state["failed"]["reason"]
+        assert store.read_state()["time_floor"] == floor  # the floor did not move back to the system clock
+
+
+def test_the_time_floor_never_goes_backwards_and_counts_the_installed_packages_issue_time(tmp_path):
+    from datetime import UTC, datetime
+
+    store = Store(tmp_path / "data")
+    # an installed package issued in 2031: the device's 2026 clock is certainly behind
+    store.write_state({"state": "idle", "installed": {"issued_at": "2031-05-01T00:00:00Z"}, "installed_counter": 1})
+    up = Updater(store, trust=TrustStore({}), profile=pkgs.PROFILE, transfer=Transfer(lambda _r: None))
+    first = up.trusted_now()
+    assert first == datetime(2031, 5, 1, tzinfo=UTC)
+    assert Updater(store, trust=TrustStore({}), profile=pkgs.PROFILE, transfer=Transfer(lambda _r: None)
+                   ).trusted_now() >= first  # fmt: skip
