@@ -9,6 +9,7 @@ the broker is reachable. Queues are bounded; what overflows is dropped and count
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import random
 import ssl
@@ -30,6 +31,7 @@ from edgekit_agent.protocol import (
     Desired,
     ProtocolError,
     dumps,
+    loads,
     parse_topic,
     tcp_nodelay,
     topic,
@@ -39,6 +41,8 @@ from edgekit_agent.telemetry import Telemetry
 from edgekit_agent.transfer import Transfer
 from edgekit_agent.trust import TrustStore
 from edgekit_agent.updater import Updater
+
+log = logging.getLogger("edgekit_agent")
 
 
 class ConfigError(ValueError):
@@ -91,6 +95,10 @@ class Agent:
         self.trust = TrustStore.load(config.trust, revoked=config.revoked)
         self.stopping = threading.Event()
         self.connected = threading.Event()
+        # this process: in the client id and the state, so a second agent with the same device id is seen
+        self.instance = uuid.uuid4().hex[:8]
+        self.twins: set[str] = set()  # other instances seen online under this device id (reported once each)
+        self.connects = 0
         self.ready = threading.Event()  # recovery done, the installed model (if any) is serving
         # the installed model has been loaded (or found missing): only then does "online" say what runs
         self.loaded = threading.Event()
@@ -127,7 +135,7 @@ class Agent:
 
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"edgekit-agent-{self.cfg.device_id}-{uuid.uuid4().hex[:8]}",
+            client_id=f"edgekit-agent-{self.cfg.device_id}-{self.instance}",
             protocol=mqtt.MQTTv311,
         )
         client.will_set(self._topic("state"), self._state("offline"), qos=1, retain=True)
@@ -160,12 +168,14 @@ class Agent:
             "package": model.manifest.summary() if model else None,
             "runtime": f"{model.engine}:{model.device}" if model else None,
             "capabilities": capabilities(),
+            "instance": self.instance,
             "time": _now(),
         })  # fmt: skip
 
     def _on_connect(self, client: Any, _userdata: Any, _flags: Any, reason_code: Any, _props: Any) -> None:
         if reason_code.is_failure:
             return
+        self.connects += 1
         self._subscribe(client)
         # set before the check, as _serving sets ``loaded`` before checking ``connected``: whichever runs
         # second publishes, so the state is never skipped by both
@@ -176,7 +186,8 @@ class Agent:
     # QoS 0 where it loses nothing: ``desired`` is retained (every subscribe delivers it again) and chunk
     # responses are sent at QoS 0 anyway. On a NATS cluster each QoS 1 subscription is a replicated
     # JetStream consumer, whose creation can time out while a node is lost (tests/edgekit/fleet/test_cluster.py).
-    SUBSCRIPTIONS = (("desired", 0), ("chunk/response", 0), ("infer/request", 1))
+    # and its own ``state`` (QoS 0): another agent started with the same device id shows up there
+    SUBSCRIPTIONS = (("desired", 0), ("chunk/response", 0), ("infer/request", 1), ("state", 0))
 
     def _subscribe(self, client: Any) -> None:
         client.subscribe([(self._topic(kind), qos) for kind, qos in self.SUBSCRIPTIONS])
@@ -213,8 +224,28 @@ class Agent:
                     self.infer_q.put_nowait(msg.payload)
                 except queue.Full:
                     self._reply({"id": None, "error": "busy: the inference queue is full, retry later"})
+            elif kind == "state" and msg.payload:
+                self._check_twin(loads(msg.payload), retained=bool(msg.retain))
         except ProtocolError as exc:
             self.event("error", {"reason": f"malformed message on {msg.topic}: {exc}"})
+
+    def _check_twin(self, state: dict[str, Any], *, retained: bool) -> None:
+        """Two agents with one device id would fight over its desired state, downloads and telemetry. Each
+        hears the other's live "online" (a retained one may be the will-less leftover of this device's own
+        previous, killed run, so it is not evidence) and reports it once; the first to notice re-announces
+        itself so the other notices too. Client ids differ, so neither is disconnected: no reconnect loop."""
+        other = state.get("instance")
+        if retained or state.get("status") != "online" or not isinstance(other, str) or other == self.instance:
+            return
+        if other in self.twins:
+            return
+        self.twins.add(other)
+        reason = (f"another agent is online with device id {self.cfg.device_id!r} (instance {other}, this is "
+                  f"{self.instance}); give every device its own --device-id and stop the other one")  # fmt: skip
+        log.error("%s", reason)
+        self.event("conflict", {"reason": reason, "other_instance": other, "instance": self.instance})
+        if self.connected.is_set():
+            self.client.publish(self._topic("state"), self._state("online"), qos=1, retain=True)
 
     def _request_chunk(self, request: ChunkRequest) -> None:
         self.client.publish(self._topic("chunk/request"), request.to_json(), qos=0)

@@ -38,7 +38,7 @@ def free_port() -> int:
 def mosquitto_config(port: int, *, bind: str = "127.0.0.1") -> str:
     return (
         f"listener {port} {bind}\nallow_anonymous true\nset_tcp_nodelay true\n"
-        "max_queued_messages 200000\nmax_inflight_messages 100\npersistence false\n"
+        "max_queued_messages 200000\nmax_inflight_messages 1000\npersistence false\n"
         "message_size_limit 0\nlog_dest none\n"
     )
 

@@ -73,6 +73,8 @@ def mosquitto_conf(directory: Path, port: int, bind: str, run_as: str | None = N
         "tls_version tlsv1.2",
         "set_tcp_nodelay true",
         "max_queued_messages 10000",
+        # serve acknowledges reports only once stored: let the broker keep more than the default 20 in flight
+        "max_inflight_messages 1000",
         "persistence false",
         "log_dest stderr",
         "",

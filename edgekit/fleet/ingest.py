@@ -78,13 +78,15 @@ class Ingest:
         self._thread.start()
 
     def _drain(self) -> list[tuple[Message, Callable[[], None] | None]]:
+        """Whatever is queued, up to ``batch``, without waiting for more: messages are acknowledged to the
+        broker only after their commit, and the broker sends only so many unacknowledged ones (Mosquitto's
+        ``max_inflight_messages``), so waiting for a fuller batch would stall the stream. Under load the
+        queue refills during each commit and batches grow by themselves."""
         items: list[tuple[Message, Callable[[], None] | None]] = []
         with contextlib.suppress(queue.Empty):
             items.append(self._queue.get(timeout=self.interval))
-            deadline = time.monotonic() + self.interval
             while len(items) < self.batch:
-                left = deadline - time.monotonic()
-                items.append(self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait())
+                items.append(self._queue.get_nowait())
         return items
 
     def _run(self) -> None:

@@ -41,15 +41,17 @@ def _secure(c: Any, url: str) -> None:
         c.tls_set(ca_certs=env["ca"], certfile=env["cert"], keyfile=env["key"], tls_version=ssl.PROTOCOL_TLS_CLIENT)
 
 
-def client(role: str, session: str | None = None) -> Any:
+def client(role: str, session: str | None = None, *, manual_ack: bool = False) -> Any:
     """A client with a unique id, or with ``session`` a fixed id and a persistent session: the broker then
-    queues QoS1 messages for it while it is away and delivers them when it comes back."""
+    queues QoS1 messages for it while it is away and delivers them when it comes back. ``manual_ack``: the
+    program acknowledges each QoS1 message itself (``c.ack(mid, qos)``), e.g. once it is stored."""
     import paho.mqtt.client as mqtt
 
+    v2 = mqtt.CallbackAPIVersion.VERSION2
     if session is None:
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgekit-{role}-{uuid.uuid4().hex[:8]}")
+        c = mqtt.Client(v2, client_id=f"edgekit-{role}-{uuid.uuid4().hex[:8]}", manual_ack=manual_ack)
     else:
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=_session_id(role, session), clean_session=False)
+        c = mqtt.Client(v2, client_id=_session_id(role, session), clean_session=False, manual_ack=manual_ack)
     c.max_queued_messages_set(1000)
     c.on_socket_open = tcp_nodelay
     return c

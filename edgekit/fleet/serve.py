@@ -103,9 +103,13 @@ class PackageServer:
         return ChunkResponse(request.request_id, request.sha256, request.offset, data, digest)
 
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+        """Reports are acknowledged to the broker only once stored (a serve killed with a batch in hand lost
+        it when paho acknowledged on receipt); chunk requests at once: a lost one is asked for again."""
         if self.ingest is not None and not msg.topic.endswith("/chunk/request"):
-            self.ingest.accept(msg.topic, msg.payload)
+            mid, qos = msg.mid, msg.qos
+            self.ingest.accept(msg.topic, msg.payload, lambda: self.client.ack(mid, qos))
             return
+        self.client.ack(msg.mid, msg.qos)
         try:
             fleet, device, _ = parse_topic(msg.topic)
             self._queue.put_nowait((fleet, device, ChunkRequest.from_json(msg.payload)))
@@ -129,7 +133,7 @@ class PackageServer:
             self._nats = NatsTransport(self, self.nats, group=self.share or "edgekit-serve")
             self._nats.start()
             return
-        self.client = mqtt.client("serve", self.session)
+        self.client = mqtt.client("serve", self.session, manual_ack=True)
         self.client.on_message = self._on_message
         kinds = ["chunk/request"] + (["state", "telemetry", "events"] if self.ingest is not None else [])
         prefix = f"$share/{self.share}/" if self.share else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -58,8 +59,8 @@ def world(tmp_path, broker):
         agents.append(a)
         return a
 
-    yield {"host": host, "package": package, "agent": agent, "server": server, "keys": keys, "tmp": tmp_path,
-           "broker": broker}  # fmt: skip
+    yield {"host": host, "package": package, "agent": agent, "agents": agents, "server": server, "keys": keys,
+           "tmp": tmp_path, "broker": broker}  # fmt: skip
     for a in agents:
         a.stop()
     server.stop()
@@ -378,3 +379,16 @@ def test_the_bad_package_catalogue_against_the_running_agent_over_mqtt(world):
     state = json.loads((world["tmp"] / "data" / "state.json").read_text())
     assert state["installed"]["version"] == "v1"
     print(f"\nbad packages sent to the running agent: {len(cases) + 2}, refused: {refused + 2}")
+
+
+def test_two_agents_with_the_same_device_id_are_detected_and_reported_without_a_reconnect_loop(world, tmp_path):
+    host = install_v1(world)
+    first = world["agents"][0]
+    twin = world["agent"](data_dir=tmp_path / "twin-data")
+    events = host.wait_for(lambda: len(host.events("conflict")) >= 2 and host.events("conflict"), "both report", 30)
+    reporters = {e["instance"] for e in events}
+    assert len(reporters) == 2 and all(e["other_instance"] in reporters - {e["instance"]} for e in events)
+    assert "give every device its own --device-id" in events[0]["reason"]
+    time.sleep(3)  # a kick-each-other loop would show up as reconnects
+    assert twin.connects == 1 and first.connects == 1
+    assert len(host.events("conflict")) == 2  # reported once each, not on every state message

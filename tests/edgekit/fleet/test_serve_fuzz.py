@@ -8,6 +8,7 @@ import pytest
 from fuzzing import FUZZ, message, payloads, topics
 from hypothesis import given
 
+from edgekit.fleet import mqtt
 from edgekit.fleet.ingest import Ingest
 from edgekit.fleet.serve import PackageServer
 from edgekit.fleet.store import Store
@@ -19,6 +20,7 @@ def serve(tmp_path_factory):
     (root / "repo").mkdir()
     ingest = Ingest(Store(f"sqlite:///{root / 'fleet.db'}"))
     server = PackageServer(root / "repo", "mqtt://127.0.0.1:1", ingest=ingest)
+    server.client = mqtt.client("serve", manual_ack=True)  # what start() makes, left unconnected: acks go nowhere
     ingest.start()
     yield server
     ingest.stop()
