@@ -8,6 +8,7 @@ installed the embedded amqtt broker (pure Python, slower) is used.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -35,18 +36,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def mosquitto_config(port: int, *, bind: str = "127.0.0.1") -> str:
+def mosquitto_config(port: int, *, bind: str = "127.0.0.1", persist: Path | None = None) -> str:
+    """``persist``: keep sessions, queued QoS1 messages and retained messages across a restart in that
+    directory (saved on a clean stop and every second)."""
+    keep = "persistence false\n"
+    if persist:
+        keep = f"persistence true\npersistence_location {persist}/\nautosave_interval 1\n"
+        if os.geteuid() == 0:  # Mosquitto started as root drops to user 'mosquitto', who cannot write here
+            keep += "user root\n"
     return (
         f"listener {port} {bind}\nallow_anonymous true\nset_tcp_nodelay true\n"
-        "max_queued_messages 200000\nmax_inflight_messages 1000\npersistence false\n"
+        f"max_queued_messages 200000\nmax_inflight_messages 1000\n{keep}"
         "message_size_limit 0\nlog_dest none\n"
     )
 
 
 class LocalBroker:
-    def __init__(self, workdir: Path, port: int | None = None, bind: str = "127.0.0.1") -> None:
+    def __init__(self, workdir: Path, port: int | None = None, bind: str = "127.0.0.1", persist: bool = False) -> None:
         self.port = port or free_port()
         self.bind = bind
+        self.persist = persist
         self.workdir = Path(workdir)
         self.proc: subprocess.Popen | None = None
         self.kind = "mosquitto" if mosquitto_path() else "amqtt"
@@ -67,7 +76,10 @@ class LocalBroker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.kind == "mosquitto":
             conf = self.workdir / "mosquitto.conf"
-            conf.write_text(mosquitto_config(self.port, bind=self.bind))
+            keep = self.workdir / "data" if self.persist else None
+            if keep is not None:
+                keep.mkdir(exist_ok=True)
+            conf.write_text(mosquitto_config(self.port, bind=self.bind, persist=keep))
             cmd = [str(mosquitto_path()), "-c", str(conf)]
         else:
             conf = self.workdir / "amqtt.yaml"
