@@ -99,6 +99,8 @@ class Agent:
         self.instance = uuid.uuid4().hex[:8]
         self.twins: set[str] = set()  # other instances seen online under this device id (reported once each)
         self.connects = 0
+        self.refused_subscriptions = 0
+        self._subscribe_tries = 0
         self.ready = threading.Event()  # recovery done, the installed model (if any) is serving
         # the installed model has been loaded (or found missing): only then does "online" say what runs
         self.loaded = threading.Event()
@@ -176,6 +178,7 @@ class Agent:
         if reason_code.is_failure:
             return
         self.connects += 1
+        self._subscribe_tries = 0
         self._subscribe(client)
         # set before the check, as _serving sets ``loaded`` before checking ``connected``: whichever runs
         # second publishes, so the state is never skipped by both
@@ -188,17 +191,32 @@ class Agent:
     # JetStream consumer, whose creation can time out while a node is lost (tests/edgekit/fleet/test_cluster.py).
     # and its own ``state`` (QoS 0): another agent started with the same device id shows up there
     SUBSCRIPTIONS = (("desired", 0), ("chunk/response", 0), ("infer/request", 1), ("state", 0))
+    SUBSCRIBE_RETRIES = 5
 
     def _subscribe(self, client: Any) -> None:
         client.subscribe([(self._topic(kind), qos) for kind, qos in self.SUBSCRIPTIONS])
 
     def _on_subscribe(self, client: Any, _userdata: Any, _mid: Any, reason_codes: Any, _props: Any) -> None:
-        """A refused subscription (SUBACK 0x80: the broker could not set it up) is asked for again shortly:
-        without it the device would silently miss its desired state until the next reconnect."""
-        if any(getattr(rc, "is_failure", False) for rc in reason_codes) and not self.stopping.is_set():
-            retry = threading.Timer(random.uniform(1.0, 3.0), lambda: client.is_connected() and self._subscribe(client))
-            retry.daemon = True
-            retry.start()
+        """A refused subscription (SUBACK 0x80: the broker could not set it up, e.g. a NATS node during an
+        election) is asked for again after 1-3 s, at most ``SUBSCRIBE_RETRIES`` times per connection:
+        without it the device would miss its desired state until the next reconnect. One that stays refused
+        is an ACL that forbids it: reported, not retried forever."""
+        if not any(getattr(rc, "is_failure", False) for rc in reason_codes) or self.stopping.is_set():
+            return
+        self.refused_subscriptions += 1
+        if self._subscribe_tries >= self.SUBSCRIBE_RETRIES:
+            self.event(
+                "error",
+                {
+                    "reason": "the broker keeps refusing a subscription of this device; check that "
+                    "its ACL lets it read its own desired, chunk/response, infer/request and state"
+                },
+            )
+            return
+        self._subscribe_tries += 1
+        retry = threading.Timer(random.uniform(1.0, 3.0), lambda: client.is_connected() and self._subscribe(client))
+        retry.daemon = True
+        retry.start()
 
     def _on_disconnect(self, client: Any, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         self.connected.clear()

@@ -26,7 +26,7 @@ from edgekit_agent.protocol import ProtocolError, _segment
 from edgekit.errors import EdgekitError
 
 HOST_USER = "edgekit-host"
-DEVICE_READS = ("desired", "chunk/response", "infer/request")
+DEVICE_READS = ("desired", "chunk/response", "infer/request", "state")  # its own state: to notice a twin
 DEVICE_WRITES = ("state", "telemetry", "events", "chunk/request", "infer/response")
 
 

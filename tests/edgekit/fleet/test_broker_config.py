@@ -84,18 +84,21 @@ def test_a_device_reaches_only_its_own_topics(secured):
     a, a_got = connect(secured, "dev-a")
     assert a is not None
     a.subscribe(
-        [("edgekit/v1/lab/dev-a/desired", 1), ("edgekit/v1/lab/dev-b/desired", 1), ("edgekit/v1/lab/+/desired", 1)]
-    )
+        [("edgekit/v1/lab/dev-a/desired", 1), ("edgekit/v1/lab/dev-b/desired", 1), ("edgekit/v1/lab/+/desired", 1),
+         ("edgekit/v1/lab/dev-b/chunk/response", 0), ("edgekit/v1/lab/dev-b/state", 0)]
+    )  # fmt: skip
     watcher, seen = connect(secured, "edgekit-host")
     watcher.subscribe("edgekit/v1/lab/+/telemetry", qos=1)
     time.sleep(0.5)
+    host.publish("edgekit/v1/lab/dev-b/chunk/response", b"dev-b's chunk", qos=0)
+    host.publish("edgekit/v1/lab/dev-b/state", b"dev-b's state", qos=1).wait_for_publish(5)
     a.publish("edgekit/v1/lab/dev-a/telemetry", b"mine", qos=1).wait_for_publish(5)
     a.publish("edgekit/v1/lab/dev-b/telemetry", b"forged", qos=1).wait_for_publish(5)
     time.sleep(1.0)
     # positive controls first: the same connection does get its own messages through
     assert ("edgekit/v1/lab/dev-a/desired", b"for dev-a") in a_got
     assert ("edgekit/v1/lab/dev-a/telemetry", b"mine") in seen
-    assert not [m for m in a_got if b"dev-b" in m[0].encode() or m[1] == b"for dev-b"]
+    assert not [m for m in a_got if "dev-b" in m[0] or b"dev-b" in m[1]]  # no desired, chunk or state of dev-b
     assert ("edgekit/v1/lab/dev-b/telemetry", b"forged") not in seen
     for c in (host, a, watcher):
         c.disconnect()
@@ -125,6 +128,8 @@ def test_a_real_agent_connects_with_its_generated_credentials(secured, tmp_path)
         while time.monotonic() < deadline and not any(b'"online"' in p for _, p in seen):
             time.sleep(0.1)
         assert any(b'"online"' in p for _, p in seen)
+        time.sleep(0.5)
+        assert agent.refused_subscriptions == 0  # its ACL lets it read everything it subscribes to
     finally:
         agent.stop()
         host.disconnect()
