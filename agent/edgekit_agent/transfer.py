@@ -92,11 +92,16 @@ class Transfer:
         stats.resumed = len(held)
         if not held:
             have_path.unlink(missing_ok=True)
-        fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise _unwritable(exc) from None
         try:
             os.ftruncate(fd, size)
             with open(have_path, "a") as have:
                 self._pull(fd, have, desired, count, held, stop)
+        except OSError as exc:
+            raise _unwritable(exc) from None
         finally:
             os.close(fd)
         stats.seconds = time.monotonic() - t0
@@ -148,8 +153,19 @@ class Transfer:
                 stats.corrupt += 1
                 missing.appendleft(index)
                 continue
-            os.pwrite(fd, response.data, offset)
-            have.write(f"{index} {digest}\n")
-            have.flush()
+            try:
+                os.pwrite(fd, response.data, offset)
+                have.write(f"{index} {digest}\n")
+                have.flush()
+            except OSError as exc:
+                raise _unwritable(exc) from None
             stats.received += 1
             stats.bytes += expected
+
+
+def _unwritable(exc: OSError) -> TransferError:
+    """A full disk, most likely: what is held stays, and the updater tries again later (retryable)."""
+    return TransferError(
+        f"cannot write the download ({exc.strerror or exc}); free space in the data dir: the download resumes "
+        "from the chunks already held"
+    )

@@ -71,7 +71,15 @@ class Updater:
         if new not in TRANSITIONS[old]:
             raise RuntimeError(f"updater: illegal transition {old} -> {new}")
         self.state = {**self.state, **fields, "state": new}
-        self.store.write_state(self.state)
+        try:
+            self.store.write_state(self.state)
+        except OSError as exc:
+            if new != "rolled_back":
+                raise  # no side effect may follow a state that is not on disk; the caller rolls back
+            # A full disk refused the state file while giving up an update: what is on disk still says
+            # "downloading", and after a restart the download resumes, which is what rolled_back allows too.
+            self.event("error", {"reason": f"cannot save the updater state ({exc.strerror or exc}); free space "
+                                 "in the data dir"})  # fmt: skip
         self.event("update", {"state": new, **{k: v for k, v in fields.items() if k in ("reason", "version")}})
 
     def trusted_now(self) -> datetime:
@@ -194,7 +202,9 @@ class Updater:
         except TransferError as exc:
             self._fail(desired, candidate, f"download failed: {exc}", retryable=exc.retryable, keep_part=True)
         except PackageError as exc:
-            self._fail(desired, candidate, f"package refused: {exc.one_line()}", retryable=False)
+            # io-error: the package could not be unpacked (a full disk): not the package's fault, try again
+            io = exc.reason == "io-error"
+            self._fail(desired, candidate, f"package refused: {exc.one_line()}", retryable=io, keep_part=io)
         except runtime.SmokeTestFailed as exc:
             self._fail(desired, candidate, f"smoke test failed: {exc}", retryable=False)
         except Exception as exc:  # runtime load failures and anything unforeseen: never leave a half install

@@ -392,3 +392,41 @@ def test_two_agents_with_the_same_device_id_are_detected_and_reported_without_a_
     time.sleep(3)  # a kick-each-other loop would show up as reconnects
     assert twin.connects == 1 and first.connects == 1
     assert len(host.events("conflict")) == 2  # reported once each, not on every state message
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs as the agent's data dir: a disk that really fills up (ENOSPC). Needs root to mount."""
+    import subprocess
+
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root): the disk-full test needs a disk that fills up")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_during_download_keeps_the_old_model_and_the_download_resumes_when_space_returns(world, small_disk):
+    import os
+    import shutil
+
+    host = world["host"]
+    world["agent"](data_dir=small_disk / "data", retry_interval=1.0)
+    host.desire(world["package"]("v1", counter=7))
+    serving(host, "v1")
+    v2 = world["package"]("v2", counter=8, scale=2.0, extra={"pad.bin": os.urandom(300_000)})
+    ballast = small_disk / "ballast"
+    ballast.write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - 100_000))  # ~100 KB left: v2 needs ~300
+    host.desire(v2)
+    event = host.event_matching("rollback", "free space in the data dir", timeout=30)
+    assert event["serving"]["version"] == "v1"
+    answer(host, 1.0)  # the old model keeps answering
+    part = small_disk / "data" / "downloads" / f"{v2.sha256}.have"
+    held = len(part.read_text().splitlines())
+    assert held > 0
+    ballast.unlink()  # space returns
+    serving(host, "v2")
+    answer(host, 2.0)
+    resumed = host.wait_for(lambda: [e for e in host.events("download") if e["resumed_chunks"] > 0], "a resume", 30)
+    assert resumed[-1]["resumed_chunks"] >= held - 1  # a torn last record costs one chunk
