@@ -24,7 +24,8 @@ test: install
 
 # the fault-injection tests at full count (make test runs them small); prints the figures in docs/reliability.md
 soak: install
-	EDGEKIT_SOAK_KILLS=50 $(VENV)/bin/pytest -s -p no:cacheprovider tests/agent/test_faults.py
+	EDGEKIT_SOAK_KILLS=50 EDGEKIT_SOAK_DEVICES=500 EDGEKIT_SOAK_SECONDS=60 $(VENV)/bin/pytest -s -p no:cacheprovider \
+		tests/agent/test_faults.py tests/edgekit/fleet/test_faults.py
 
 demo: install
 	$(VENV)/bin/edgekit demo

@@ -138,3 +138,77 @@ def test_a_broker_restart_mid_transfer_and_mid_telemetry_loses_nothing_and_keeps
         host.close()
         server.stop()
         broker.stop()
+
+
+LOAD_DEVICES = int(os.environ.get("EDGEKIT_SOAK_DEVICES", "60"))
+LOAD_SECONDS = float(os.environ.get("EDGEKIT_SOAK_SECONDS", "8"))
+DOWNLOADS = 20
+
+
+def test_load_telemetry_from_many_devices_plus_concurrent_downloads_stored_exactly_once(tmp_path, broker):
+    """Issue 8's load case: N simulated devices at 1 Hz (``edgekit sim agents`` processes, 60 x 8 s here,
+    500 x 60 s in make soak) while 20 more devices download a package at the same time; serve runs as its
+    own process and its CPU and peak memory are recorded."""
+    import json
+
+    import psutil
+    from edgekit_agent.protocol import Desired
+
+    from edgekit.fleet.deploy import publish_desired
+    from edgekit.fleet.serve import sha256_file
+
+    keys = pkgs.keys(tmp_path / "keys")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    pkg = pkgs.build(pkgs.source_dir(tmp_path / "src", extra={"pad.bin": os.urandom(500_000)}),
+                     repo / "v1.edgepkg", keys[0], counter=1, version="v1")  # fmt: skip
+    db = tmp_path / "fleet.db"
+    edgekit = Path(sys.executable).with_name("edgekit")
+    serve = subprocess.Popen([str(edgekit), "serve", "--packages", str(repo), "--broker", broker.url, "--db",
+                              f"sqlite:///{db}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    time.sleep(2.0)
+    watch = psutil.Process(serve.pid)
+    watch.cpu_percent()
+    peak_rss = 0
+    downloaders = Simulation(broker.url, "load", DOWNLOADS, prefix="dl", follow=tmp_path / "dl")
+    procs = []
+    try:
+        downloaders.start()
+        shards = [min(250, LOAD_DEVICES - i) for i in range(0, LOAD_DEVICES, 250)]
+        t0 = time.monotonic()
+        for k, n in enumerate(shards):
+            procs.append(subprocess.Popen(
+                [str(edgekit), "sim", "agents", str(n), "--broker", broker.url, "--fleet", "load", "--prefix",
+                 f"t{k}", "--rate", "1", "--duration", f"{LOAD_SECONDS:g}s", "--format", "json"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))  # fmt: skip
+        time.sleep(2.0)  # telemetry flowing: now every downloader is told to fetch the package
+        desired = Desired("tiny", "v1", sha256_file(pkg), 1, pkg.stat().st_size)
+        publish_desired(broker.url, "load", [d.device for d in downloaders.devices], desired)
+        while any(p.poll() is None for p in procs) or downloaders.running("v1") < DOWNLOADS:
+            peak_rss = max(peak_rss, watch.memory_info().rss)
+            if time.monotonic() - t0 > LOAD_SECONDS + 120:
+                break
+            time.sleep(0.2)
+        cpu = watch.cpu_percent()  # since the start of the load, in % of one core
+        results = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+        sent = sum(r["sent"] for r in results)
+        assert all(r["all_acknowledged"] for r in results)
+        assert downloaders.running("v1") == DOWNLOADS  # each checked the package's sha256
+        store = Store(f"sqlite:///{db}")
+
+        def stored() -> int:
+            return store.query("SELECT COUNT(*) AS n FROM telemetry WHERE fleet = 'load'")[0]["n"]
+
+        deadline = time.monotonic() + 60
+        while stored() < sent and time.monotonic() < deadline:
+            time.sleep(0.2)
+        print(f"\nload: {LOAD_DEVICES} devices x {LOAD_SECONDS:g} s at 1 Hz + {DOWNLOADS} downloads of "
+              f"{pkg.stat().st_size:,} bytes: sent {sent}, stored {stored()}, serve CPU {cpu:.0f}% of a core, "
+              f"peak RSS {peak_rss / 2**20:.0f} MiB")  # fmt: skip
+        assert stored() == sent  # every telemetry message stored exactly once
+    finally:
+        downloaders.stop()
+        for p in procs:
+            p.kill()
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(15)
