@@ -71,6 +71,20 @@ def _count(store: Any, fleet: str) -> int:
     return store.query("SELECT COUNT(*) AS n FROM telemetry WHERE fleet = ?", (fleet,))[0]["n"]
 
 
+def _await_drain(store: Any, fleet: str, expected: int, *, timeout: float) -> tuple[int, int, float]:
+    """(stored, stored before the clock started, seconds) of a drain, timed from the first stored message
+    on: serve's start-up (imports, connect) is not ingest."""
+    deadline = time.monotonic() + timeout
+    n0, t0 = _count(store, fleet), time.perf_counter()
+    stored = n0
+    while time.monotonic() < deadline and stored < expected:
+        time.sleep(0.02)
+        stored = _count(store, fleet)
+        if n0 == 0 and stored > 0:
+            n0, t0 = stored, time.perf_counter()
+    return stored, n0, time.perf_counter() - t0
+
+
 def _one(tmp: Path, url: str, db: str, devices: int, messages: int) -> dict[str, Any]:
     from edgekit.fleet.store import Store
 
@@ -119,16 +133,7 @@ def _drain(tmp: Path, url: str, db: str, devices: int, messages: int, workers: i
     store = Store(db)
     serves = [_serve(tmp, url, db, s, settle=0.0, share=share) for s in sessions]
     try:
-        # rate from the first stored message on: serve's start-up (imports, connect) is not ingest
-        deadline = time.monotonic() + 120
-        n0, t0 = _count(store, fleet), time.perf_counter()
-        stored = n0
-        while time.monotonic() < deadline and stored < expected:
-            time.sleep(0.02)
-            stored = _count(store, fleet)
-            if n0 == 0 and stored > 0:
-                n0, t0 = stored, time.perf_counter()
-        drain_s = time.perf_counter() - t0
+        stored, n0, drain_s = _await_drain(store, fleet, expected, timeout=120)
         return {"devices": devices, "messages": expected, "stored": stored, "lost": expected - stored,
                 "workers": workers, "publish_s": publish_s, "all_acked": acked, "drain_s": drain_s,
                 "msg_per_s": (stored - n0) / drain_s if drain_s > 0 else 0.0}  # fmt: skip

@@ -124,7 +124,7 @@ def _all_connected(sim: Any, since: float) -> float | None:
 def _nats_drain(tmp: Path, db: str, workers: int) -> dict[str, Any]:
     """NATS twin of ``bench_fleet._drain``: the durable consumer (created by a first start of the workers)
     keeps what devices publish while no worker runs; then ``workers`` processes drain it together."""
-    from edgekit.bench_fleet import _count, _finish, _publish
+    from edgekit.bench_fleet import _await_drain, _finish, _publish
     from edgekit.fleet.natscluster import NatsCluster
     from edgekit.fleet.store import Store
 
@@ -152,15 +152,7 @@ def _nats_drain(tmp: Path, db: str, workers: int) -> dict[str, Any]:
         store = Store(db)
         procs = [serve() for _ in range(workers)]
         try:
-            deadline = time.monotonic() + 180
-            n0, t0 = _count(store, fleet), time.perf_counter()
-            stored = n0
-            while time.monotonic() < deadline and stored < expected:
-                time.sleep(0.02)
-                stored = _count(store, fleet)
-                if n0 == 0 and stored > 0:
-                    n0, t0 = stored, time.perf_counter()
-            drain_s = time.perf_counter() - t0
+            stored, n0, drain_s = _await_drain(store, fleet, expected, timeout=180)
         finally:
             store.close()
             for proc in procs:

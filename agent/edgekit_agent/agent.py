@@ -189,7 +189,7 @@ class Agent:
     # QoS 0 where it loses nothing: ``desired`` is retained (every subscribe delivers it again) and chunk
     # responses are sent at QoS 0 anyway. On a NATS cluster each QoS 1 subscription is a replicated
     # JetStream consumer, whose creation can time out while a node is lost (tests/edgekit/fleet/test_cluster.py).
-    # and its own ``state`` (QoS 0): another agent started with the same device id shows up there
+    # Its own ``state`` too: another agent started with the same device id shows up there (_check_twin).
     SUBSCRIPTIONS = (("desired", 0), ("chunk/response", 0), ("infer/request", 1), ("state", 0))
     SUBSCRIBE_RETRIES = 5
 

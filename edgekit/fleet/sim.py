@@ -16,7 +16,6 @@ starts at node *i mod N* and fails over to the others.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import queue
 import random
 import threading
@@ -30,6 +29,7 @@ from edgekit_agent.protocol import ChunkRequest, ChunkResponse, Desired, Protoco
 from edgekit_agent.transfer import Transfer, TransferError
 
 from edgekit.fleet import mqtt
+from edgekit.fleet.serve import sha256_file
 
 
 def _now() -> str:
@@ -136,7 +136,7 @@ class SimDevice:
                 break
             if self._stopping.is_set():
                 return
-            if _sha256(part) != desired.sha256:
+            if sha256_file(part) != desired.sha256:
                 part.unlink()
                 part.with_suffix(".have").unlink(missing_ok=True)
                 with contextlib.suppress(queue.Full):
@@ -177,14 +177,6 @@ class SimDevice:
                 info.wait_for_publish(timeout=5)
         self._client.disconnect()
         self._client.loop_stop()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

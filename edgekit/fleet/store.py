@@ -171,9 +171,14 @@ class Store:
              str(m.body.get("kind", "unknown"))[:64], json.dumps(m.body, sort_keys=True))
             for m in messages if m.kind == "events"
         ]  # fmt: skip
-        # Row locks are taken in (fleet, device) order (a stable sort keeps each device's states in arrival
-        # order): two workers writing overlapping devices in different orders deadlocked on PostgreSQL.
-        states = sorted((m for m in messages if m.kind == "state"), key=lambda m: (m.fleet, m.device))
+        # Device rows are locked in one (fleet, device) order per transaction, each device's states (in
+        # arrival order) then its last_seen: two workers touching overlapping devices in different orders
+        # deadlocked on PostgreSQL.
+        states: dict[tuple[str, str], list[Message]] = {}
+        for m in messages:
+            if m.kind == "state":
+                states.setdefault((m.fleet, m.device), []).append(m)
+        seen = {(m.fleet, m.device): m.received for m in messages if m.kind != "state"}
         new = 0
         with self.tx() as cur:
             if telemetry:
@@ -187,16 +192,17 @@ class Store:
                     "ON CONFLICT DO NOTHING",
                     events,
                 )
-            for m in states:
-                self._upsert_state(cur, m)
-            seen = {(m.fleet, m.device): m.received for m in messages if m.kind != "state"}
-            for (fleet, device), received in sorted(seen.items()):
-                cur.execute(
-                    "UPDATE devices SET last_seen = ? WHERE fleet = ? AND device = ? AND (last_seen IS NULL "
-                    "OR last_seen < ?)",
-                    (received, fleet, device, received),
-                )
-        return new + len(states)
+            for fleet, device in sorted(states.keys() | seen.keys()):
+                for m in states.get((fleet, device), []):
+                    self._upsert_state(cur, m)
+                if (fleet, device) in seen:
+                    received = seen[(fleet, device)]
+                    cur.execute(
+                        "UPDATE devices SET last_seen = ? WHERE fleet = ? AND device = ? AND (last_seen IS NULL "
+                        "OR last_seen < ?)",
+                        (received, fleet, device, received),
+                    )
+        return new + sum(len(v) for v in states.values())
 
     def _upsert_state(self, cur: Any, m: Message) -> None:
         b = m.body
