@@ -13,6 +13,7 @@ from fleet import Host, wait_until
 from stores import store_url
 
 from edgekit.bench_scaling import failover_rollout
+from edgekit.fleet.deploy import publish_desired
 from edgekit.fleet.ingest import Ingest
 from edgekit.fleet.natscluster import NatsCluster, nats_server_path
 from edgekit.fleet.serve import PackageServer, sha256_file
@@ -111,7 +112,10 @@ def test_a_real_agent_whose_node_dies_moves_on_installs_the_next_package_and_flu
             host.desire(package(tmp_path, repo, keys, "v1", 1, extra={"pad.bin": os.urandom(100_000)}))
             wait_until(lambda: agent.model is not None and agent.model.manifest.version == "v1", "v1", timeout=90)
             cluster.kill(0)  # the agent's node
-            host.desire(package(tmp_path, repo, keys, "v2", 2, extra={"pad.bin": os.urandom(100_000)}))
+            # as edgekit deploy does it: returns once the cluster has acknowledged (stored) the retained
+            # desired state; a publish made during the JetStream election is re-sent until it is
+            v2 = package(tmp_path, repo, keys, "v2", 2, extra={"pad.bin": os.urandom(100_000)})
+            publish_desired(",".join(cluster.mqtt_urls[1:]), "lab", ["dev-1"], v2)
             wait_until(lambda: agent.model.manifest.version == "v2", "v2 after the node died", timeout=90)
             assert agent.failover.index != 0 and agent.connected.is_set()
             wait_until(lambda: len(agent.outbox) == 0, "the telemetry queued during the failover sent", timeout=60)
