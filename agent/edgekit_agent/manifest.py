@@ -78,16 +78,24 @@ def _path(value: Any, where: str) -> str:
         raise _bad(f"{where}: {exc}") from None
 
 
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
 def _time(value: Any, where: str) -> datetime:
     text = _str(value, where, _TIME)
     try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        return parse_time(text)
     except ValueError:
         raise _bad(f"{where} {text!r} is not a valid UTC time") from None
 
 
+def parse_time(text: str) -> datetime:
+    """The inverse of :func:`format_time`; ValueError for anything else."""
+    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
+
+
 def format_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).strftime(TIME_FORMAT)
 
 
 @dataclass(frozen=True)

@@ -92,18 +92,16 @@ class Transfer:
         stats.resumed = len(held)
         if not held:
             have_path.unlink(missing_ok=True)
-        try:
+        try:  # every write of the download: a full disk ends it as a retryable TransferError
             fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                os.ftruncate(fd, size)
+                with open(have_path, "a") as have:
+                    self._pull(fd, have, desired, count, held, stop)
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise _unwritable(exc) from None
-        try:
-            os.ftruncate(fd, size)
-            with open(have_path, "a") as have:
-                self._pull(fd, have, desired, count, held, stop)
-        except OSError as exc:
-            raise _unwritable(exc) from None
-        finally:
-            os.close(fd)
         stats.seconds = time.monotonic() - t0
         return stats
 
@@ -153,12 +151,9 @@ class Transfer:
                 stats.corrupt += 1
                 missing.appendleft(index)
                 continue
-            try:
-                os.pwrite(fd, response.data, offset)
-                have.write(f"{index} {digest}\n")
-                have.flush()
-            except OSError as exc:
-                raise _unwritable(exc) from None
+            os.pwrite(fd, response.data, offset)
+            have.write(f"{index} {digest}\n")
+            have.flush()
             stats.received += 1
             stats.bytes += expected
 

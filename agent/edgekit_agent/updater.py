@@ -26,7 +26,7 @@ from typing import Any
 
 from edgekit_agent import runtime
 from edgekit_agent.errors import PackageError
-from edgekit_agent.manifest import format_time
+from edgekit_agent.manifest import format_time, parse_time
 from edgekit_agent.protocol import Desired
 from edgekit_agent.store import Store
 from edgekit_agent.transfer import Transfer, TransferError
@@ -225,7 +225,7 @@ class Updater:
 
 def _parse(text: Any) -> datetime | None:
     try:
-        return datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) if text else None
+        return parse_time(str(text)) if text else None
     except ValueError:
         return None  # an unreadable floor is no floor; the system clock still applies
 

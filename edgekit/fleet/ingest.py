@@ -52,7 +52,7 @@ class Ingest:
     _thread: threading.Thread | None = None
     _idle: threading.Event = field(default_factory=threading.Event)
 
-    def accept(self, topic: str, payload: bytes, done: Callable[[], None] | None = None) -> None:
+    def accept(self, topic: str, payload: bytes, done: Callable[[], None] = lambda: None) -> None:
         """Parse one message (paho's thread). Waits when the writer is behind: see the module docstring."""
         self.stats.received += 1
         try:
@@ -60,15 +60,13 @@ class Ingest:
             if kind not in INGESTED:
                 raise ProtocolError(f"{kind} is not ingested")
             if kind == "state" and not payload:
-                if done is not None:
-                    done()
+                done()
                 return  # a cleared retained state
             body = loads(payload, max_bytes=256 * 1024)
         except ProtocolError as exc:
             self.stats.malformed += 1
             log.warning("ignored a malformed message on %s: %s", topic[:200], exc)
-            if done is not None:
-                done()  # redelivering it would not make it valid
+            done()  # redelivering it would not make it valid
             return
         self._idle.clear()
         self._queue.put((Message(fleet, device, kind, body, digest(topic, payload), time.time()), done))
@@ -77,12 +75,12 @@ class Ingest:
         self._thread = threading.Thread(target=self._run, daemon=True, name="edgekit-ingest")
         self._thread.start()
 
-    def _drain(self) -> list[tuple[Message, Callable[[], None] | None]]:
+    def _drain(self) -> list[tuple[Message, Callable[[], None]]]:
         """Whatever is queued, up to ``batch``, without waiting for more: messages are acknowledged to the
         broker only after their commit, and the broker sends only so many unacknowledged ones (Mosquitto's
         ``max_inflight_messages``), so waiting for a fuller batch would stall the stream. Under load the
         queue refills during each commit and batches grow by themselves."""
-        items: list[tuple[Message, Callable[[], None] | None]] = []
+        items: list[tuple[Message, Callable[[], None]]] = []
         with contextlib.suppress(queue.Empty):
             items.append(self._queue.get(timeout=self.interval))
             while len(items) < self.batch:
@@ -90,7 +88,7 @@ class Ingest:
         return items
 
     def _run(self) -> None:
-        pending: list[tuple[Message, Callable[[], None] | None]] = []
+        pending: list[tuple[Message, Callable[[], None]]] = []
         while not (self._stop.is_set() and self._queue.empty() and not pending):
             if not pending:
                 pending = self._drain()
@@ -109,8 +107,7 @@ class Ingest:
             self.stats.stored += new
             self.stats.duplicates += len(pending) - new
             for _, done in pending:
-                if done is not None:
-                    done()
+                done()
             pending = []
 
     def flush(self, timeout: float = 10.0) -> bool:

@@ -31,7 +31,7 @@ from edgekit_agent.inference import encode
 from edgekit_agent.protocol import Desired
 from fleet import Host
 
-from edgekit.fleet.serve import PackageServer, sha256_file
+from edgekit.fleet.serve import PackageServer
 
 pytestmark = pytest.mark.integration
 KILLS = int(os.environ.get("EDGEKIT_SOAK_KILLS", "10"))
@@ -87,10 +87,8 @@ def test_kill_9_at_random_points_of_an_update_always_leaves_a_verified_model_ser
 
     def package(version: str, counter: int) -> Desired:
         scales[version] = 1.0 + counter / 10
-        source = pkgs.source_dir(tmp_path / f"src-{version}", scale=scales[version],
-                                 extra={"pad.bin": os.urandom(PAD)})  # fmt: skip
-        path = pkgs.build(source, repo / f"{version}.edgepkg", keys[0], counter=counter, version=version)
-        return Desired("tiny", version, sha256_file(path), counter, path.stat().st_size)
+        return pkgs.desired(tmp_path, repo, keys[0], version, counter, scale=scales[version],
+                            extra={"pad.bin": os.urandom(PAD)})  # fmt: skip
 
     cmd = [sys.executable, "-m", "edgekit_agent.cli", "run", "--broker", broker.url, "--fleet", "lab",
            "--device-id", "dev-1", "--profile", pkgs.PROFILE, "--data-dir", str(data), "--trust", str(keys[1]),

@@ -121,6 +121,16 @@ def build(src: Path, out: Path, key: Path, **kw) -> Path:
     return write_edgepkg(src, out, Signing(key=key, **kw)).path
 
 
+def desired(tmp: Path, repo: Path, key: Path, name: str, counter: int, **src):
+    """Build package ``name`` (version = name) into ``repo`` and return the desired message naming it."""
+    from edgekit_agent.protocol import Desired
+
+    from edgekit.fleet.serve import sha256_file
+
+    path = build(source_dir(tmp / f"src-{name}", **src), repo / f"{name}.edgepkg", key, counter=counter, version=name)
+    return Desired("tiny", name, sha256_file(path), counter, path.stat().st_size)
+
+
 def members(package: Path) -> tuple[dict, list[tuple[str, bytes]]]:
     """(manifest object, [(name, bytes)] of the other entries) of a valid package."""
     from edgekit_agent.tarfmt import Reader

@@ -8,7 +8,6 @@ import os
 import pkgs
 import pytest
 from edgekit_agent.agent import Agent, AgentConfig
-from edgekit_agent.protocol import Desired
 from fleet import Host, wait_until
 from stores import store_url
 
@@ -16,7 +15,7 @@ from edgekit.bench_scaling import failover_rollout
 from edgekit.fleet.deploy import publish_desired
 from edgekit.fleet.ingest import Ingest
 from edgekit.fleet.natscluster import NatsCluster, nats_server_path
-from edgekit.fleet.serve import PackageServer, sha256_file
+from edgekit.fleet.serve import PackageServer
 from edgekit.fleet.store import Store
 
 pytestmark = [
@@ -33,10 +32,13 @@ def cluster(tmp_path):
     c.stop()
 
 
-def package(tmp_path, repo, keys, name: str, counter: int, **src) -> Desired:
-    source = pkgs.source_dir(tmp_path / f"src-{name}", **src)
-    path = pkgs.build(source, repo / f"{name}.edgepkg", keys[0], counter=counter, version=name)
-    return Desired("tiny", name, sha256_file(path), counter, path.stat().st_size)
+def start_agent(cluster, tmp_path, keys, **cfg) -> Agent:
+    """A real agent given every node of the cluster (it starts on node 0)."""
+    agent = Agent(AgentConfig(broker=",".join(cluster.mqtt_urls), fleet="lab", device_id="dev-1",
+                              profile=pkgs.PROFILE, data_dir=tmp_path / "data", trust=[keys[1]], chunk_timeout=1.0,
+                              retry_interval=2.0, **cfg))  # fmt: skip
+    agent.start()
+    return agent
 
 
 def test_an_agent_on_one_node_installs_through_a_serve_worker_on_another_and_reports_into_postgresql(tmp_path, cluster):
@@ -48,13 +50,9 @@ def test_an_agent_on_one_node_installs_through_a_serve_worker_on_another_and_rep
         server = PackageServer(repo, "", ingest=Ingest(Store(db)), nats=cluster.nats_urls[1])
         server.start()
         host = Host(cluster.mqtt_urls[2])
-        cfg = AgentConfig(broker=",".join(cluster.mqtt_urls), fleet="lab", device_id="dev-1", profile=pkgs.PROFILE,
-                          data_dir=tmp_path / "data", trust=[keys[1]], telemetry_interval=0.5, chunk_size=4096,
-                          chunk_timeout=1.0, retry_interval=2.0)  # fmt: skip
-        agent = Agent(cfg)
-        agent.start()
+        agent = start_agent(cluster, tmp_path, keys, telemetry_interval=0.5, chunk_size=4096)
         try:
-            desired = package(tmp_path, repo, keys, "v1", 7, extra={"pad.bin": b"x" * 200_000})
+            desired = pkgs.desired(tmp_path, repo, keys[0], "v1", 7, extra={"pad.bin": b"x" * 200_000})
             host.desire(desired)  # retained in a replicated JetStream stream, published on node 2
             wait_until(
                 lambda: agent.model is not None and agent.model.manifest.version == "v1", "v1 serving", timeout=90
@@ -103,18 +101,14 @@ def test_a_real_agent_whose_node_dies_moves_on_installs_the_next_package_and_flu
         server = PackageServer(repo, "", ingest=Ingest(Store(db)), nats=",".join(cluster.nats_urls[1:]))
         server.start()
         host = Host(cluster.mqtt_urls[2])
-        cfg = AgentConfig(broker=",".join(cluster.mqtt_urls), fleet="lab", device_id="dev-1", profile=pkgs.PROFILE,
-                          data_dir=tmp_path / "data", trust=[keys[1]], telemetry_interval=0.2, chunk_size=16384,
-                          chunk_timeout=1.0, retry_interval=2.0)  # fmt: skip
-        agent = Agent(cfg)
-        agent.start()
+        agent = start_agent(cluster, tmp_path, keys, telemetry_interval=0.2, chunk_size=16384)
         try:
-            host.desire(package(tmp_path, repo, keys, "v1", 1, extra={"pad.bin": os.urandom(100_000)}))
+            host.desire(pkgs.desired(tmp_path, repo, keys[0], "v1", 1, extra={"pad.bin": os.urandom(100_000)}))
             wait_until(lambda: agent.model is not None and agent.model.manifest.version == "v1", "v1", timeout=90)
             cluster.kill(0)  # the agent's node
             # as edgekit deploy does it: returns once the cluster has acknowledged (stored) the retained
             # desired state; a publish made during the JetStream election is re-sent until it is
-            v2 = package(tmp_path, repo, keys, "v2", 2, extra={"pad.bin": os.urandom(100_000)})
+            v2 = pkgs.desired(tmp_path, repo, keys[0], "v2", 2, extra={"pad.bin": os.urandom(100_000)})
             publish_desired(",".join(cluster.mqtt_urls[1:]), "lab", ["dev-1"], v2)
             wait_until(lambda: agent.model.manifest.version == "v2", "v2 after the node died", timeout=90)
             assert agent.failover.index != 0 and agent.connected.is_set()
