@@ -253,6 +253,13 @@ class Agent:
         previous, killed run, so it is not evidence) and reports it once; the first to notice re-announces
         itself so the other notices too. Client ids differ, so neither is disconnected: no reconnect loop."""
         other = state.get("instance")
+        if state.get("status") == "offline" and other == self.instance:
+            # this agent's own will, from a connection the broker found dead only after the agent had
+            # reconnected (to another cluster node, or after a keepalive timeout): the fleet would show a
+            # running device as offline until its next reconnect, so say "online" again
+            if self.connected.is_set() and not self.stopping.is_set():
+                self.client.publish(self._topic("state"), self._state("online"), qos=1, retain=True)
+            return
         if retained or state.get("status") != "online" or not isinstance(other, str) or other == self.instance:
             return
         if other in self.twins:

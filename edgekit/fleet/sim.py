@@ -20,12 +20,13 @@ import queue
 import random
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edgekit_agent.protocol import ChunkRequest, ChunkResponse, Desired, ProtocolError, dumps, parse_topic, topic
+from edgekit_agent.protocol import ChunkRequest, ChunkResponse, Desired, ProtocolError, dumps, loads, parse_topic, topic
 from edgekit_agent.transfer import Transfer, TransferError
 
 from edgekit.fleet import mqtt
@@ -55,11 +56,12 @@ class SimDevice:
     _stopping: threading.Event = field(default_factory=threading.Event)
     _transfer: Transfer | None = None
     _thread: threading.Thread | None = None
+    _instance: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     def _state(self, status: str) -> bytes:
         return dumps({"status": status, "device": self.device, "profile": self.profile, "agent_version": "sim",
                       "package": self.package, "runtime": None, "capabilities": {"runtimes": []},
-                      "simulated": True, "time": _now()})  # fmt: skip
+                      "simulated": True, "instance": self._instance, "time": _now()})  # fmt: skip
 
     def start(self) -> None:
         self._rng.seed(self.seed)
@@ -81,10 +83,10 @@ class SimDevice:
         """Every (re)connect: the session is clean, so subscribe again and say we are online."""
         if reason.is_failure:
             return
-        if self.follow is not None:
-            # QoS 0 is enough for a retained message (it comes again on every subscribe), and on NATS it
-            # costs no JetStream consumer per device
-            client.subscribe([(topic(self.fleet, self.device, k), 0) for k in ("desired", "chunk/response")])
+        # QoS 0 is enough for a retained message (it comes again on every subscribe), and on NATS it
+        # costs no JetStream consumer per device; own state: to hear a stale will, as the agent does
+        kinds = ("state", "desired", "chunk/response") if self.follow is not None else ("state",)
+        client.subscribe([(topic(self.fleet, self.device, k), 0) for k in kinds])
         self._publish_state("online")
 
     @property
@@ -106,6 +108,11 @@ class SimDevice:
             if kind == "desired" and msg.payload:
                 with contextlib.suppress(queue.Full):
                     self._desired.put_nowait(Desired.from_json(msg.payload))
+            elif kind == "state" and msg.payload:
+                state = loads(msg.payload)
+                stale_will = state.get("status") == "offline" and state.get("instance") == self._instance
+                if stale_will and not self._stopping.is_set() and self.connected:
+                    self._publish_state("online")  # see Agent._check_twin: the broker found a dead connection late
             elif kind == "chunk/response" and self._transfer is not None:
                 self._transfer.deliver(ChunkResponse.from_bytes(msg.payload))
         except ProtocolError:

@@ -394,6 +394,25 @@ def test_two_agents_with_the_same_device_id_are_detected_and_reported_without_a_
     assert len(host.events("conflict")) == 2  # reported once each, not on every state message
 
 
+def test_a_stale_will_from_a_dead_connection_does_not_leave_the_running_agent_offline(world):
+    """A broker (another cluster node, or one that noticed a dead TCP connection only at keepalive timeout)
+    may publish the agent's will after the agent has reconnected: the agent hears its own "offline" and
+    says "online" again, so the retained state matches reality."""
+    host = install_v1(world)
+    online = host.wait_for(lambda: [s for s in host.messages["state"] if s.get("status") == "online"], "online")[-1]
+    seen = len(host.messages["state"])
+    will = dict(online, status="offline")
+    host.publish("state", json.dumps(will).encode(), retain=True)
+    host.wait_for(
+        lambda: any(s.get("status") == "online" for s in host.messages["state"][seen + 1 :]), "online again", 10
+    )
+    # another instance's offline (its previous run) is history, not a will to answer
+    seen = len(host.messages["state"])
+    host.publish("state", json.dumps(dict(online, status="offline", instance="previous-run")).encode())
+    time.sleep(1.5)
+    assert [s["status"] for s in host.messages["state"][seen:]] == ["offline"]
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 1 MiB tmpfs as the agent's data dir: a disk that really fills up (ENOSPC). Needs root to mount."""
