@@ -82,6 +82,7 @@ class CandidateResult:
     size_bytes: int | None
     status: str  # ok | over-tolerance | slower-than-fp32 | not-applicable | error
     reason: str = ""
+    seconds: float | None = None  # wall time to build and measure this candidate
     steps: list[Any] = field(default_factory=list)
     artifact: Any = None
 
@@ -98,6 +99,7 @@ class CandidateResult:
                 "size_bytes",
                 "status",
                 "reason",
+                "seconds",
             )
         }
 

@@ -168,6 +168,30 @@ def _write_output(
             shutil.rmtree(stage, ignore_errors=True)
 
 
+def _keep_candidate(dest: Path, result: CandidateResult) -> None:
+    """Copy a built candidate's model files and its measured row (with the runtime settings it needs)."""
+    artifact = result.artifact
+    if artifact.kind == "torch":
+        return
+    try:
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        for src in artifact.files():
+            shutil.copyfile(src, dest / src.name)
+        row = result.row() | {
+            "kind": artifact.kind,
+            "entry": artifact.path.name,
+            "runtime_config": artifact.runtime_config,
+        }
+        (dest / "candidate.json").write_text(json.dumps(row, indent=2) + "\n")
+    except OSError as exc:
+        raise OutputNotWritable(
+            f"writing candidate {result.name} to {dest} failed ({exc.strerror}); free space or choose another "
+            "--keep-candidates"
+        ) from None
+
+
 def _gate_message(step: Step, profile: DeviceProfile) -> str:
     return (
         f"step {step.name!r} dropped {step.metric_name} by {step.performance_drop:.2%} of the baseline "
@@ -187,12 +211,15 @@ def run_package(
     data: str | Path | None = None,
     only: list[str] | None = None,
     sign: Signing | None = None,
+    keep_candidates: str | Path | None = None,
     progress: Progress = lambda _msg: None,
 ) -> PackageResult:
     """Compress and convert ``model`` for ``profile`` and write the result to ``out`` (see module doc).
 
     With ``sign``, a signed .edgepkg is written too: inside ``out``, or as ``out`` itself when it ends in
-    ``.edgepkg`` (then no directory is kept).
+    ``.edgepkg`` (then no directory is kept). With ``keep_candidates``, every candidate that built (within
+    tolerance or not) is copied to ``DIR/NAME/`` with its row in ``candidate.json``, so a user can run the
+    ones --auto did not choose instead of rebuilding them.
     """
     from edgekit.modelsrc import load_model
 
@@ -205,6 +232,9 @@ def run_package(
     if package_file is not None and sign is None:
         raise RecipeInvalid(f"--out {out} names a package file; give --key KEY to sign it (or --out a directory)")
     check_writable(out)
+    keep = Path(keep_candidates) if keep_candidates is not None else None
+    if keep is not None:
+        check_writable(keep)
     if sign is not None:
         from edgekit.keys import load_signing_key
 
@@ -299,10 +329,13 @@ def run_package(
                     last.size_bytes,
                     status,
                     "" if status == "ok" else f"drop {last.performance_drop:.2%}",
+                    seconds=round(time.perf_counter() - t0, 2),
                     steps=outcome.steps,
                     artifact=outcome.artifact,
                 )
             )
+            if keep is not None:
+                _keep_candidate(keep / r.name, results[-1])
             progress(f"recipe {r.name}: done in {time.perf_counter() - t0:.1f} s")
         best = choose(results)
         if best is None:

@@ -72,6 +72,9 @@ def package(
     only: Annotated[
         str | None, typer.Option(help="with --auto: comma-separated candidates to try (fp32 parents always run)")
     ] = None,
+    keep_candidates: Annotated[
+        Path | None, typer.Option(help="with --auto: also write every built candidate's model to DIR/NAME/")
+    ] = None,
     data: Annotated[Path | None, typer.Option(help="for an .onnx MODEL: .npz with one array per input")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the resolved plan and exit")] = False,
     fmt: opt.Format = "table",
@@ -99,6 +102,7 @@ def package(
             dry_run=dry_run,
             data=data,
             only=[s.strip() for s in only.split(",")] if only else None,
+            keep_candidates=keep_candidates,
             sign=opt.signing(
                 key, name=name, version=version, counter=counter, issued_at=issued_at, expires_in=expires_in
             )
