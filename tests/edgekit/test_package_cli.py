@@ -66,8 +66,11 @@ def test_recommender_int8_ndcg_drop_within_1_percent(cli, tmp_path):
     assert "auc" in last["extra_metrics"]
 
 
-def test_auto_picks_a_candidate_within_tolerance_and_never_an_int8_slower_than_fp32(cli, tmp_path):
-    report = package_json(cli, "digits_cnn", "--profile", "x86-64-generic", "--auto", "--out", tmp_path / "o")
+def test_auto_picks_a_candidate_within_tolerance_and_never_an_int8_slower_than_fp32(cli, tmp_path, digits):
+    kept = tmp_path / "kept"
+    report = package_json(
+        cli, "digits_cnn", "--profile", "x86-64-generic", "--auto", "--out", tmp_path / "o", "--keep-candidates", kept
+    )
     rows = {c["name"]: c for c in report["candidates"]}
     chosen = rows[report["chosen"]]
     assert chosen["status"] == "ok" and chosen["performance_drop"] <= 0.01
@@ -78,6 +81,27 @@ def test_auto_picks_a_candidate_within_tolerance_and_never_an_int8_slower_than_f
             assert row["latency_ms"] <= parent["latency_ms"]
         if row["status"] == "slower-than-fp32":
             assert row["latency_ms"] > parent["latency_ms"]
+    assert_kept_candidates_reproduce_their_rows(kept, rows, digits)
+
+
+def assert_kept_candidates_reproduce_their_rows(kept, rows, bundle):
+    """--keep-candidates: every built candidate is on disk with its row, and scores what the row says."""
+    from edgekit.artifact import Artifact
+    from edgekit.hostrt import predictor
+
+    built = {n for n, r in rows.items() if r["status"] in ("ok", "slower-than-fp32", "over-tolerance")}
+    assert built and {p.name for p in kept.iterdir()} == built
+    for name in built:
+        saved = json.loads((kept / name / "candidate.json").read_text())
+        assert saved["name"] == name and saved["metric"] == rows[name]["metric"]
+        artifact = Artifact(
+            kind=saved["kind"],
+            path=kept / name / saved["entry"],
+            precision=saved["precision"],
+            runtime_config=saved["runtime_config"],
+        )
+        metric, _ = bundle.evaluate(predictor(artifact, threads=1))
+        assert metric == pytest.approx(saved["metric"], abs=1e-9), name
 
 
 def test_dry_run_prints_the_plan_without_writing(cli, tmp_path):
