@@ -1,10 +1,15 @@
 """Pull a package in hash-checked chunks with several requests in flight; resume after any restart.
 
-Progress is a ``SHA.have`` file next to ``SHA.part``: one line ``index sha256`` appended after each chunk
-is written. On resume every recorded chunk is re-hashed from the part file, so a torn write (power loss,
-kill -9 between the data and the record) costs that chunk only. Lost or corrupt chunks are re-requested
-after ``timeout`` seconds, at most ``retries`` times each; the updater checks the assembled file's hash
-(computed by the verifier's single read) against the desired sha256 and discards it on a mismatch.
+Progress is a ``SHA.have`` file next to ``SHA.part``: one line ``index sha256`` (the server's hash of that
+chunk) appended after each chunk is written. On resume every recorded chunk is re-hashed from the part file,
+so a torn write (power loss, kill -9 between the data and the record) costs that chunk only. Lost chunks are
+re-requested after ``timeout`` seconds, at most ``retries`` times each.
+
+Chunks are not hashed as they arrive: the verifier reads and hashes every byte of the assembled file anyway,
+and a file that hashes to the desired sha256 proves every chunk right. Hashing each chunk on arrival as well
+hashed every byte twice and was the largest cost of a download on the device (docs/benchmarks.md). Only when
+the whole-file hash is wrong does :meth:`Transfer.repair` re-hash the chunks against their recorded hashes
+and forget the corrupt ones, which the next fetch requests again.
 """
 
 from __future__ import annotations
@@ -53,14 +58,16 @@ class Transfer:
     retries: int = 5
     stats: Stats = field(default_factory=Stats)
     _inbox: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=256))
+    _repaired: int = 0  # corrupt chunks found by the last repair, reported by the next fetch
 
     def deliver(self, response: ChunkResponse) -> None:
         """Called from the MQTT thread: never blocks; a full inbox drops the chunk, which is then re-requested."""
         with contextlib.suppress(queue.Full):
             self._inbox.put_nowait(response)
 
-    def _held(self, part: Path, have: Path, count: int, size: int) -> set[int]:
-        held: set[int] = set()
+    def _held(self, part: Path, have: Path, count: int, size: int) -> dict[int, str]:
+        """index -> hash of every recorded chunk whose bytes in the part file still hash to its record."""
+        held: dict[int, str] = {}
         if not (part.exists() and have.exists()):
             return held
         with open(part, "rb") as fh:
@@ -74,8 +81,26 @@ class Transfer:
                     continue
                 fh.seek(index * self.chunk_size)
                 if hashlib.sha256(fh.read(min(self.chunk_size, size - index * self.chunk_size))).hexdigest() == digest:
-                    held.add(index)
+                    held[index] = digest
         return held
+
+    def repair(self, desired: Desired, part: Path) -> int:
+        """After the assembled file failed its hash: keep only the chunks that match their recorded hash.
+
+        Returns how many chunks were dropped (the next :meth:`fetch` requests them again and reports them as
+        corrupt); 0 means every chunk is what the server said it sent, so fetching again cannot help.
+        """
+        count = -(-desired.size // self.chunk_size)
+        have = part.with_suffix(".have")
+        held = self._held(part, have, count, desired.size)
+        try:
+            tmp = have.with_suffix(".have.tmp")
+            tmp.write_text("".join(f"{i} {d}\n" for i, d in sorted(held.items())))
+            os.replace(tmp, have)
+        except OSError as exc:
+            raise _unwritable(exc) from None
+        self._repaired = count - len(held)  # corrupt, or never recorded (a kill during an earlier repair)
+        return self._repaired
 
     def fetch(self, desired: Desired, part: Path, *, stop: Callable[[], bool] = lambda: False) -> Stats:
         """Download ``desired`` into ``part``; returns the stats. Raises TransferError.
@@ -90,6 +115,7 @@ class Transfer:
         have_path = part.with_suffix(".have")
         held = self._held(part, have_path, count, size)
         stats.resumed = len(held)
+        stats.corrupt, self._repaired = self._repaired, 0
         if not held:
             have_path.unlink(missing_ok=True)
         try:  # every write of the download: a full disk ends it as a retryable TransferError
@@ -105,7 +131,9 @@ class Transfer:
         stats.seconds = time.monotonic() - t0
         return stats
 
-    def _pull(self, fd: int, have, desired: Desired, count: int, held: set[int], stop: Callable[[], bool]) -> None:
+    def _pull(
+        self, fd: int, have, desired: Desired, count: int, held: dict[int, str], stop: Callable[[], bool]
+    ) -> None:
         stats = self.stats
         while not self._inbox.empty():  # responses to an earlier attempt are stale
             self._inbox.get_nowait()
@@ -146,13 +174,12 @@ class Transfer:
                 raise TransferError(f"the package server refused: {response.error}", retryable=False)
             offset = index * self.chunk_size
             expected = min(self.chunk_size, desired.size - offset)
-            digest = hashlib.sha256(response.data).hexdigest()
-            if response.offset != offset or len(response.data) != expected or digest != response.chunk_sha256:
+            if response.offset != offset or len(response.data) != expected:
                 stats.corrupt += 1
                 missing.appendleft(index)
                 continue
             os.pwrite(fd, response.data, offset)
-            have.write(f"{index} {digest}\n")
+            have.write(f"{index} {response.chunk_sha256}\n")
             have.flush()
             stats.received += 1
             stats.bytes += expected

@@ -17,6 +17,7 @@ model is still current); a commit is completed (switching again is idempotent).
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable
 from dataclasses import asdict
@@ -36,13 +37,14 @@ from edgekit_agent.verify import verify_package
 TRANSITIONS: dict[str, set[str]] = {
     "idle": {"downloading"},
     "downloading": {"verifying", "rolled_back"},
-    "verifying": {"installing", "rolled_back"},
+    "verifying": {"installing", "rolled_back", "downloading"},  # downloading: corrupt chunks are fetched again
     "installing": {"smoke_testing", "rolled_back"},
     "smoke_testing": {"committed", "rolled_back"},
     "committed": {"downloading"},
     "rolled_back": {"downloading"},
 }
 Event = Callable[[str, dict[str, Any]], None]
+REPAIRS = 3  # times a download whose chunks were corrupted on the way is repaired before it is discarded
 
 
 class Updater:
@@ -161,26 +163,27 @@ class Updater:
 
     def _run(self, desired: Desired) -> None:
         candidate: Path | None = None
+        part = self.store.part(desired.sha256)
         try:
-            if self.state["state"] == "downloading":
-                stats = self.transfer.fetch(desired, self.store.part(desired.sha256), stop=self.stop)
-                self.event("download", {"chunks": stats.received, "resumed_chunks": stats.resumed,
-                                        "corrupt": stats.corrupt, "timeouts": stats.timeouts,
-                                        "seconds": round(stats.seconds, 3)})  # fmt: skip
-                self._enter("verifying")
-            candidate = self.store.version_dir(desired.name, desired.counter, desired.sha256)
-            self.store.remove_version(candidate)  # leftovers of an interrupted attempt
-            verified = verify_package(
-                self.store.part(desired.sha256),
-                trust=self.trust,
-                profile=self.profile,
-                min_counter=self.state.get("installed_counter", 0) + 1,
-                dest=candidate,
-                now=self.trusted_now(),
-            )
-            if verified.sha256 != desired.sha256:  # the bytes verified are not the package the host named
-                self.store.drop_download(desired.sha256)
-                raise TransferError(f"the downloaded package does not hash to {desired.sha256[:12]}…; discarded")
+            for repairs in range(REPAIRS + 1):
+                if self.state["state"] == "downloading":
+                    stats = self.transfer.fetch(desired, part, stop=self.stop)
+                    self.event("download", {"chunks": stats.received, "resumed_chunks": stats.resumed,
+                                            "corrupt": stats.corrupt, "timeouts": stats.timeouts,
+                                            "seconds": round(stats.seconds, 3)})  # fmt: skip
+                    self._enter("verifying")
+                candidate = self.store.version_dir(desired.name, desired.counter, desired.sha256)
+                self.store.remove_version(candidate)  # leftovers of an interrupted attempt
+                verified = self._verify(desired, part, candidate)
+                if verified is not None:
+                    break
+                # The bytes are not the package the host named: a chunk was corrupted on its way (chunks are
+                # checked here, by the one whole-file hash, not one by one as they arrive; see transfer.py).
+                self.store.remove_version(candidate)
+                if repairs == REPAIRS or not self.transfer.repair(desired, part):
+                    self.store.drop_download(desired.sha256)
+                    raise TransferError(f"the downloaded package does not hash to {desired.sha256[:12]}…; discarded")
+                self._enter("downloading")
             self._enter("installing", candidate=str(candidate))
             loaded = runtime.load(candidate, verified.manifest, threads=self.threads, event=self.event)
             self._enter("smoke_testing")
@@ -210,6 +213,27 @@ class Updater:
         except Exception as exc:  # runtime load failures and anything unforeseen: never leave a half install
             self._fail(desired, candidate, f"install failed: {type(exc).__name__}: {exc}", retryable=False)
 
+    def _verify(self, desired: Desired, part: Path, candidate: Path) -> Any:
+        """The verified package, or None when the file is not the one the host named (a transfer fault).
+
+        A corrupted chunk can break the package's structure or signature before the whole-file hash is known,
+        so a refusal is blamed on the package only when the file really is the desired one.
+        """
+        try:
+            verified = verify_package(
+                part,
+                trust=self.trust,
+                profile=self.profile,
+                min_counter=self.state.get("installed_counter", 0) + 1,
+                dest=candidate,
+                now=self.trusted_now(),
+            )
+        except PackageError as exc:
+            if exc.reason == "io-error" or _sha256_file(part) == desired.sha256:
+                raise
+            return None
+        return verified if verified.sha256 == desired.sha256 else None
+
     def _fail(
         self, desired: Desired, candidate: Path | None, reason: str, *, retryable: bool, keep_part: bool = False
     ) -> None:
@@ -221,6 +245,17 @@ class Updater:
             self.store.drop_download(desired.sha256)
         self.event("rollback", {"version": desired.version, "reason": reason,
                                 "serving": self.serving.manifest.summary() if self.serving else None})  # fmt: skip
+
+
+def _sha256_file(path: Path) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 def _parse(text: Any) -> datetime | None:

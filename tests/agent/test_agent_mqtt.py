@@ -153,7 +153,12 @@ class CorruptOnce(PackageServer):
 
     corrupted = 0
 
+    def __post_init__(self):
+        super().__post_init__()
+        self.asked = []
+
     def answer(self, request):
+        self.asked.append(request.offset)
         response = super().answer(request)
         if request.offset == 2048 and not self.corrupted:
             self.corrupted += 1
@@ -169,7 +174,10 @@ def test_a_corrupt_chunk_is_requested_again(world):
     try:
         host = install_v1(world)
         assert server.corrupted == 1
-        assert host.event_matching("download", "corrupt")["corrupt"] == 1
+        assert server.asked.count(2048) == 2  # the corrupt chunk, and only it, was requested again
+        downloads = host.events("download")
+        assert [d["corrupt"] for d in downloads] == [0, 1] and downloads[1]["chunks"] == 1
+        assert all(e["state"] != "rolled_back" for e in host.events("update"))
         answer(host, 1.0)
     finally:
         server.stop()

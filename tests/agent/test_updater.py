@@ -84,18 +84,29 @@ def test_every_state_is_reachable_and_only_declared_transitions_are_allowed(tmp_
         up._enter("committed")
 
 
-def local_transfer(path):
-    """A real Transfer whose requests are answered straight from the package file (no broker needed)."""
+def local_transfer(path, corrupt=None):
+    """A real Transfer whose requests are answered straight from the package file (no broker needed).
+
+    ``corrupt(offset, n)`` -> None (send the good bytes), "link" (flipped bytes, the good chunk hash: a bad
+    link) or "server" (flipped bytes and their own hash: a server sending the wrong file); n counts the asks.
+    """
     import hashlib
 
     from edgekit_agent.protocol import ChunkResponse
+
+    asked = {}
 
     def send(request):
         with open(path, "rb") as fh:
             fh.seek(request.offset)
             data = fh.read(request.length)
-        transfer.deliver(ChunkResponse(request.request_id, request.sha256, request.offset, data,
-                                       hashlib.sha256(data).hexdigest()))  # fmt: skip
+        digest = hashlib.sha256(data).hexdigest()
+        asked[request.offset] = n = asked.get(request.offset, 0) + 1
+        how = corrupt(request.offset, n) if corrupt else None
+        if how:
+            data = bytes(b ^ 0xFF for b in data)
+            digest = hashlib.sha256(data).hexdigest() if how == "server" else digest
+        transfer.deliver(ChunkResponse(request.request_id, request.sha256, request.offset, data, digest))
 
     transfer = Transfer(send, chunk_size=4096)
     return transfer
@@ -137,3 +148,40 @@ def test_the_time_floor_never_goes_backwards_and_counts_the_installed_packages_i
     assert first == datetime(2031, 5, 1, tzinfo=UTC)
     assert Updater(store, trust=TrustStore({}), profile=pkgs.PROFILE, transfer=Transfer(lambda _r: None)
                    ).trusted_now() >= first  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "installs", "corrupt_counts"),
+    [
+        (lambda offset, n: "link" if offset == 8192 and n == 1 else None, True, [0, 1]),
+        (lambda offset, n: "link" if offset == 8192 else None, False, [0, 1, 1, 1]),
+        (lambda offset, n: "server" if offset == 8192 else None, False, [0]),
+    ],
+    ids=["once-on-the-link", "always-on-the-link", "wrong-file-from-the-server"],
+)
+def test_a_download_that_does_not_hash_is_repaired_chunk_by_chunk_or_discarded(
+    tmp_path, corrupt, installs, corrupt_counts
+):
+    """Chunks are checked by the one whole-file hash: on a mismatch only the chunks that do not match their
+    hash are fetched again (at most 3 times); a file whose chunks all match yet not the package is dropped."""
+    from edgekit_agent.protocol import Desired
+
+    from edgekit.fleet.serve import sha256_file
+
+    key, pub = pkgs.keys(tmp_path / "keys")
+    pkg = pkgs.build(pkgs.source_dir(tmp_path / "src"), tmp_path / "p.edgepkg", key, counter=9, version="v9")
+    store = Store(tmp_path / "data")
+    events: list = []
+    up = Updater(store, trust=TrustStore.load([pub]), profile=pkgs.PROFILE, transfer=local_transfer(pkg, corrupt),
+                 event=lambda kind, data: events.append((kind, data)))  # fmt: skip
+    desired = Desired("tiny", "v9", sha256_file(pkg), 9, pkg.stat().st_size)
+    up.apply(desired)
+    downloads = [d for k, d in events if k == "download"]
+    assert [d["corrupt"] for d in downloads] == corrupt_counts
+    assert all(d["chunks"] == 1 for d in downloads[1:])  # a repair fetches the bad chunk alone
+    if installs:
+        assert up.state["state"] == "committed" and up.serving.manifest.version == "v9"
+    else:
+        assert up.state["state"] == "rolled_back" and up.serving is None
+        assert "does not hash" in up.state["failed"]["reason"] and up.state["failed"]["retryable"]
+        assert not store.part(desired.sha256).exists()  # discarded: the next attempt starts clean
