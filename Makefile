@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test soak demo bench lint format clean
+.PHONY: install test soak demo bench bench-quick lint format clean
 
 install: $(STAMP)
 
@@ -30,8 +30,13 @@ soak: install
 demo: install
 	$(VENV)/bin/edgekit demo
 
+# ~20 min on 2 cores; the first run also installs Olive into .venv-olive (the peer comparison), apart from ours
 bench: install
 	$(PY) -m edgekit.bench --out docs/benchmarks.md --results docs/bench-results
+
+# ~3 min: digits only, shorter timing, smaller transfer and fleet; writes docs/benchmarks-quick.md
+bench-quick: install
+	$(PY) -m edgekit.bench --quick
 
 lint: install
 	$(VENV)/bin/ruff format --check .

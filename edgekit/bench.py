@@ -1,6 +1,6 @@
 """``make bench``: acceptance figures measured on this machine, written to docs/benchmarks.md.
 
-Each section (``--only packager,package``) stores its raw results in docs/bench-results/SECTION.json;
+Each section (``--only models,agent``) stores its raw results in docs/bench-results/SECTION.json;
 benchmarks.md is rendered from every stored section, so re-running one section keeps the others' numbers
 (each with its own date and machine line). Latency ratios that compare two separately built models are
 re-measured here *interleaved* (round robin, same process, same threads), because the machine is shared
@@ -15,32 +15,11 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
-RECIPES = ROOT / "models" / "recipes"
-
-
-def interleaved_p50(
-    predictors: dict[str, Any], feed: dict[str, np.ndarray], *, rounds: int = 40, per_round: int = 50
-) -> dict[str, float]:
-    """Median latency (ms) of each predictor, measured in alternating rounds so drift hits all equally."""
-    samples: dict[str, list[float]] = {name: [] for name in predictors}
-    for predict in predictors.values():
-        for _ in range(20):
-            predict(feed)
-    for _ in range(rounds):
-        for name, predict in predictors.items():
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                predict(feed)
-                samples[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: float(np.median(v)) for name, v in samples.items()}
 
 
 def machine() -> str:
@@ -58,164 +37,79 @@ def header(res: dict[str, Any]) -> str:
     return f"Measured {res['date']} on {res['machine']} with `{res['command']}`."
 
 
-def run_packager() -> dict[str, Any]:
-    from edgekit.artifact import Artifact
-    from edgekit.build import run_package
-    from edgekit.hostrt import predictor
-    from edgekit.modelsrc import load_model
-
-    res: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        fp32 = tmp / "fp32.yaml"
-        fp32.write_text("name: ort-fp32\nruntime: onnxruntime\npasses: []\n")
-        digits = load_model("digits_cnn")
-        runs = {
-            "digits_fp32": ("digits_cnn", fp32),
-            "digits_int8_static": ("digits_cnn", RECIPES / "digits_int8_static.yaml"),
-            "digits_prune50": ("digits_cnn", RECIPES / "digits_prune50.yaml"),
-            "digits_prune50_int8": ("digits_cnn", RECIPES / "digits_prune50_int8.yaml"),
-            "recommender_int8": ("recommender", RECIPES / "recommender_int8_dynamic.yaml"),
-        }
-        reports = {}
-        for key, (model, recipe) in runs.items():
-            log(f"{key}")
-            bundle = digits if model == "digits_cnn" else model
-            reports[key] = run_package(
-                bundle, profile="x86-64-generic", recipe=recipe, out=tmp / key, progress=log
-            ).to_json()
-        log("minilm --auto")
-        reports["minilm_auto"] = run_package(
-            "minilm", profile="x86-64-generic", auto=True, out=tmp / "minilm", progress=log
-        ).to_json()
-        log("interleaved latency of the digits ONNX models")
-        models = {
-            k: Artifact(kind="onnx", path=tmp / k / "model.onnx")
-            for k in ("digits_fp32", "digits_int8_static", "digits_prune50", "digits_prune50_int8")
-        }
-        lat = interleaved_p50({k: predictor(a, threads=2) for k, a in models.items()}, digits.example)
-        res["digits_interleaved_p50_ms"] = lat
-        res["reports"] = reports
-    return res
+QUICK = ("models", "agent", "fleet")  # packaging time and NATS scaling take minutes by nature
 
 
-def _step(report: dict[str, Any], name: str) -> dict[str, Any]:
-    return next(s for s in report["steps"] if s["name"] == name)
-
-
-def render_packager(res: dict[str, Any]) -> list[str]:
-    r = res["reports"]
-    lat = res["digits_interleaved_p50_ms"]
-    base = _step(r["digits_fp32"], "baseline")
-    lines = [
-        "## Packager acceptance (issue 3)",
-        "",
-        header(res) + " Latency: batch as in each model's example (digits: 1 image,",
-        "recommender: one query of 20 candidates, MiniLM: 1 sentence padded to 128 tokens), 2 threads, warm-up",
-        "excluded. Ratios compare numbers taken in one run; the digits ONNX latencies are re-measured",
-        "interleaved (round robin).",
-        "",
-        "### digits_cnn on x86-64-generic (ONNX Runtime CPU)",
-        "",
-        "| model | accuracy | drop (pp) | size | size vs fp32 | p50 ms (interleaved) | speed-up vs ORT fp32 |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    fp32_size = _step(r["digits_fp32"], "export_onnx")["size_bytes"]
-    for key, label in [
-        ("digits_fp32", "ORT fp32"),
-        ("digits_int8_static", "ORT INT8 static per-channel"),
-        ("digits_prune50", "50% structured pruning + fine-tune, fp32"),
-        ("digits_prune50_int8", "50% structured pruning + INT8 static"),
-    ]:
-        last = r[key]["steps"][-1]
-        lines.append(
-            f"| {label} | {last['metric']:.4f} | {100 * (base['metric'] - last['metric']):.2f} | "
-            f"{last['size_bytes'] / 1024:.0f} kB | {fp32_size / last['size_bytes']:.2f}x | {lat[key]:.4f} | "
-            f"{lat['digits_fp32'] / lat[key]:.2f}x |"
-        )
-    lines += [
-        "",
-        f"torch fp32 eager (baseline step): accuracy {base['metric']:.4f}, p50 {base['latency_ms']:.3f} ms.",
-        "",
-        "### recommender (DLRM-style ranker), INT8 dynamic on ONNX Runtime",
-        "",
-        "| step | NDCG@10 | relative drop | AUC | size | p50 ms |",
-        "|---|---|---|---|---|---|",
-    ]
-    for s in r["recommender_int8"]["steps"]:
-        lines.append(
-            f"| {s['name']} | {s['metric']:.4f} | {s['performance_drop']:.2%} | "
-            f"{s['extra_metrics'].get('auc', float('nan')):.4f} | "
-            f"{s['size_bytes'] / 2**20:.2f} MB | {s['latency_ms']:.3f} |"
-        )
-    m = r["minilm_auto"]
-    torch_lat = m["steps"][0]["latency_ms"]
-    lines += [
-        "",
-        "### MiniLM-L6 `--auto` (seq 128, batch 1, 2 threads)",
-        "",
-        f"torch fp32 eager: p50 {torch_lat:.2f} ms. Chosen: **{m['chosen']}** ({m['runtime']}, {m['precision']}).",
-        "",
-        "| candidate | cosine to fp32 | p50 ms | speed-up vs torch fp32 | size | status |",
-        "|---|---|---|---|---|---|",
-    ]
-    for c in m["candidates"]:
-        if c["latency_ms"] is None:
-            lines.append(f"| {c['name']} | - | - | - | - | {c['status']} {c['reason']} |")
-            continue
-        lines.append(
-            f"| {c['name']} | {c['metric']:.4f} | {c['latency_ms']:.2f} | {torch_lat / c['latency_ms']:.2f}x | "
-            f"{c['size_bytes'] / 2**20:.1f} MB | {c['status']} {c['reason']} |"
-        )
-    return lines
-
-
-def _sections() -> dict[str, tuple[Any, Any]]:
-    from edgekit import bench_agent, bench_fleet, bench_package, bench_scaling
+def _sections() -> dict[str, Any]:
+    """name -> module with ``run() -> dict`` and ``render(dict) -> lines`` (and optionally ``plot``)."""
+    from edgekit import bench_agent, bench_fleet, bench_models, bench_package, bench_scaling
 
     return {
-        "packager": (run_packager, render_packager),
-        "package": (bench_package.run, bench_package.render),
-        "agent": (bench_agent.run, bench_agent.render),
-        "fleet": (bench_fleet.run, bench_fleet.render),
-        "scaling": (bench_scaling.run, bench_scaling.render),
+        "models": bench_models,
+        "package": bench_package,
+        "agent": bench_agent,
+        "fleet": bench_fleet,
+        "scaling": bench_scaling,
     }
 
 
-def run(sections: list[str], out_md: Path, results_dir: Path) -> None:
+def run(sections: list[str], out_md: Path, results_dir: Path, *, quick: bool = False) -> None:
     known = _sections()
     results_dir.mkdir(parents=True, exist_ok=True)
     for name in sections:
         log(f"section {name}")
-        res = {"machine": machine(), "date": dt.date.today().isoformat(), "command": f"make bench ({name})"}
-        res |= known[name][0]()
+        t0 = time.perf_counter()
+        command = "make bench-quick" if quick else "make bench"
+        res = {"machine": machine(), "date": dt.date.today().isoformat(), "command": f"{command} ({name})"}
+        res |= known[name].run(quick=quick)
+        res["section_seconds"] = round(time.perf_counter() - t0, 1)
         (results_dir / f"{name}.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
-    lines = ["# Benchmarks", ""]
+    lines = ["# Benchmarks" + (" (quick)" if quick else ""), ""]
+    shown = os.path.relpath(results_dir, ROOT) if results_dir.is_relative_to(ROOT) else str(results_dir)
     lines += [
-        "Written by `make bench` (`python -m edgekit.bench [--only SECTION,...]`); raw numbers in",
-        "`docs/bench-results/SECTION.json`. Every figure below was measured by that command on the machine named",
-        "in its section; ratios compare numbers taken in the same run.",
+        f"Written by `{'make bench-quick' if quick else 'make bench'}` (`python -m edgekit.bench"
+        f"{' --quick' if quick else ''} [--only SECTION,...]`); raw numbers in `{shown}/SECTION.json`.",
+        "Every figure below was measured by that command on the machine named in its section; ratios compare",
+        "numbers taken in the same run.",
     ]
-    for name, (_, render) in known.items():
+    if quick:
+        lines += ["", "Quick run: fewer repetitions, smaller transfers and fleets, digits only; see "
+                  "docs/benchmarks.md for the full run."]  # fmt: skip
+    timing = []
+    for name, module in known.items():
+        if quick and name not in QUICK:
+            continue
         stored = results_dir / f"{name}.json"
-        if stored.exists():
-            lines += ["", *render(json.loads(stored.read_text()))]
+        if not stored.exists():
+            continue
+        res = json.loads(stored.read_text())
+        lines += ["", *module.render(res)]
+        if hasattr(module, "plot"):
+            for png in module.plot(res, results_dir):
+                lines += ["", f"![{png.stem}]({os.path.relpath(png, out_md.parent)})"]
+        if "section_seconds" in res:
+            timing.append(f"{name} {res['section_seconds']:.0f} s ({res['date']})")
+    if timing:
+        lines += ["", "## How long each section took", "", "; ".join(timing) + "."]
     out_md.write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    parser.add_argument("--results", type=Path, default=ROOT / "docs" / "bench-results")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--results", type=Path, default=None)
     parser.add_argument("--only", default=None, help="comma-separated sections (default: all)")
+    parser.add_argument("--quick", action="store_true", help="the ~3-minute subset (make bench-quick)")
     args = parser.parse_args()
-    os.environ.setdefault("EDGEKIT_LATENCY_SECONDS", "2")
-    sections = args.only.split(",") if args.only else list(_sections())
+    os.environ.setdefault("EDGEKIT_LATENCY_SECONDS", "1" if args.quick else "2")
+    out = args.out or ROOT / "docs" / ("benchmarks-quick.md" if args.quick else "benchmarks.md")
+    results = args.results or ROOT / "docs" / "bench-results" / ("quick" if args.quick else "")
+    sections = args.only.split(",") if args.only else (list(QUICK) if args.quick else list(_sections()))
     unknown = set(sections) - set(_sections())
     if unknown:
         parser.error(f"unknown section(s) {sorted(unknown)}; known: {list(_sections())}")
-    run(sections, args.out, args.results)
-    print(f"wrote {args.out}")
+    run(sections, out, results, quick=args.quick)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

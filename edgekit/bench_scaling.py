@@ -182,7 +182,7 @@ def _packages(tmp: Path) -> tuple[Path, Path, Path]:
     return out[0], out[1], keys.private_path
 
 
-def run() -> dict[str, Any]:
+def run(*, quick: bool = False) -> dict[str, Any]:  # quick: not part of the quick run
     from edgekit.bench_fleet import _drain, _postgres
     from edgekit.fleet.broker import LocalBroker
     from edgekit.fleet.natscluster import nats_server_path
