@@ -445,7 +445,7 @@ def render(res: dict[str, Any]) -> list[str]:
         "|---|---|---|---|",
         f"| raw paho publish loop, QoS1, same chunks, one process | {t['raw_s']:.3f} | {t['raw_mb_s']:.0f} | - |",
         *(
-            f"| `edgekit-agent run` pull, {w} requests in flight (own process; hash-checked, on disk) | "
+            f"| `edgekit-agent run` pull, {w} requests in flight (own process, written to disk) | "
             f"{x['agent_s']:.3f} | {x['agent_mb_s']:.0f} | **{x['ratio']:.0%}** |"
             for w, x in t["windows"].items()
         ),

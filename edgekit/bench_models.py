@@ -85,19 +85,41 @@ def batch_predictor(artifact: Artifact, feed: Feed, threads: int) -> Callable[[F
 
 
 def interleaved(
-    predictors: dict[str, Callable[[Feed], Any]], feed: Feed, *, seconds_each: float, round_s: float = 0.05
+    predictors: dict[str, Callable[[Feed], Any]],
+    feed: Feed,
+    *,
+    seconds_each: float,
+    round_s: float = 0.05,
+    kinds: dict[str, str] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """p50/p95 and sequential throughput per predictor, in alternating ~50 ms rounds (warm-up excluded)."""
+    """p50/p95 and sequential throughput per predictor, in alternating ~50 ms rounds (warm-up excluded).
+
+    Each contender's first call in a round is not timed. Where the runtime changes from one contender to
+    the next (``kinds``: torch, onnx, openvino) the loop pauses 0.1 s: the previous runtime's thread pool
+    keeps spinning for a while after its last call and, on 2 cores, made the ONNX Runtime row that follows
+    torch 70 % slower than measured alone (seen on the recommender, 0.059 against 0.035 ms).
+    """
+    kinds = kinds or {}
+    order = list(predictors)
     per_round: dict[str, int] = {}
+    single: dict[str, float] = {}
     for name, predict in predictors.items():
         for _ in range(3):
             predict(feed)
         t0 = time.perf_counter()
         predict(feed)
-        per_round[name] = max(1, int(round_s / max(time.perf_counter() - t0, 1e-6)))
+        single[name] = max(time.perf_counter() - t0, 1e-6)
+        per_round[name] = max(2, int(round_s / single[name]))
+    # a round of a slow model (MiniLM at batch 8: ~0.1 s a call) is longer than round_s: fewer rounds, ~same time
+    round_time = sum((per_round[n] + 1) * single[n] for n in predictors) / len(predictors)
     samples: dict[str, list[float]] = {n: [] for n in predictors}
-    for _ in range(max(3, int(seconds_each / round_s))):
-        for name, predict in predictors.items():
+    for _ in range(max(5, int(seconds_each / max(round_s, round_time)))):
+        for i, (name, predict) in enumerate(predictors.items()):
+            if kinds.get(name) != kinds.get(order[i - 1]):
+                time.sleep(0.1)
+            # one untimed call first: the first call after another contender (its pool waking, caches holding
+            # the other model's weights) measured up to 2x slower on MiniLM; a serving device is warm
+            predict(feed)
             for _ in range(per_round[name]):
                 t0 = time.perf_counter()
                 predict(feed)
@@ -333,7 +355,8 @@ def measure_variants(
     for batch in (1, 8):
         feed = batch_feed(bundle, batch)
         predictors = {}
-        for name, row in rows.items():
+        order = {"torch": 0, "onnx": 1, "openvino": 2}  # one runtime after another: 3 changes per round
+        for name, row in sorted(rows.items(), key=lambda item: order.get(item[1].get("kind") or "", 3)):
             if row.get("kind") is None:
                 continue
             artifact = (
@@ -348,7 +371,8 @@ def measure_variants(
             )
             predictors[name] = batch_predictor(artifact, feed, threads)
         log(f"{bundle.name}: timing {len(predictors)} variants at batch {batch}")
-        for name, t in interleaved(predictors, feed, seconds_each=seconds_each).items():
+        kinds = {name: rows[name]["kind"] for name in predictors}
+        for name, t in interleaved(predictors, feed, seconds_each=seconds_each, kinds=kinds).items():
             timings.setdefault(name, {})[f"b{batch}"] = t | {"items_per_s": 1e3 * batch / t["mean"]}
     return timings
 
