@@ -27,9 +27,14 @@ def demo(
     )
 
     def interrupted(*_: object) -> None:
+        # Remembered as well as raised: a KeyboardInterrupt that lands inside a finalizer (__del__, a weakref
+        # callback) is printed and dropped by Python, and the demo once ran to its end after a Ctrl-C; the walk
+        # checks the flag at every step and wait, so a dropped one still stops it there.
+        walk.interrupted.set()
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupted)  # a `kill` stops the children too, like Ctrl-C
+    signal.signal(signal.SIGINT, interrupted)  # also where a shell started the demo with SIGINT ignored
     try:
         walk.run()
     except KeyboardInterrupt:

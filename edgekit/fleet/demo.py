@@ -170,7 +170,8 @@ def _prepare(out_dir: Path) -> None:
 class Demo:
     def __init__(self, out_dir: Path, say: Callable[[str], None], show: Callable[[Any], None]) -> None:
         self.out = out_dir
-        self.say, self.show = say, show
+        self._say, self.show = say, show
+        self.interrupted = threading.Event()  # set by the CLI's SIGINT/SIGTERM handler
         self.children = Children(out_dir / "logs")
         self.broker: Any = None
         self.traffic: DigitsTraffic | None = None
@@ -320,9 +321,18 @@ class Demo:
         tampered.write_bytes(bytes(data))
         return tampered
 
+    def say(self, message: str) -> None:
+        self._check_interrupted()
+        self._say(message)
+
+    def _check_interrupted(self) -> None:
+        if self.interrupted.is_set():
+            raise KeyboardInterrupt
+
     def _wait(self, predicate: Callable[[], Any], what: str, timeout: float) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            self._check_interrupted()
             self.children.check()
             value = predicate()
             if value:
