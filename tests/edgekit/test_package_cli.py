@@ -89,9 +89,12 @@ def assert_kept_candidates_reproduce_their_rows(kept, rows, bundle):
     from edgekit.artifact import Artifact
     from edgekit.hostrt import predictor
 
-    built = {n for n, r in rows.items() if r["status"] in ("ok", "slower-than-fp32", "over-tolerance")}
-    assert built and {p.name for p in kept.iterdir()} == built
-    for name in built:
+    final = {n for n, r in rows.items() if r["status"] in ("ok", "slower-than-fp32")}
+    # an over-tolerance candidate is kept when its gate failed after export; one stopped in torch has no file
+    built = final | {n for n, r in rows.items() if r["status"] == "over-tolerance"}
+    names = {p.name for p in kept.iterdir()}
+    assert final and final <= names <= built
+    for name in names:
         saved = json.loads((kept / name / "candidate.json").read_text())
         assert saved["name"] == name and saved["metric"] == rows[name]["metric"]
         artifact = Artifact(
