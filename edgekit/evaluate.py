@@ -45,10 +45,25 @@ def onnx_params(path: Path) -> int:
     return total
 
 
+def _infer_shapes(model: Any) -> Any:
+    """ONNX Runtime's symbolic inference first: onnx's own loses the batch dimension inside transformer graphs
+    (MiniLM's embeddings), which left every MatMul without a shape and counted 0 MACs."""
+    from onnx import shape_inference
+
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        if inferred is not None:
+            return inferred
+    except Exception:  # an op it does not know: the plainer inference below still covers convolutional graphs
+        pass
+    return shape_inference.infer_shapes(model, data_prop=True)
+
+
 def onnx_macs(path: Path, example: Feed) -> int:
     """Static MAC count from shape inference, with the example's concrete input shapes."""
     import onnx
-    from onnx import shape_inference
 
     model = onnx.load(str(path))
     for inp in model.graph.input:
@@ -57,7 +72,7 @@ def onnx_macs(path: Path, example: Feed) -> int:
             for d, size in zip(dims, example[inp.name].shape, strict=False):
                 d.ClearField("dim_param")
                 d.dim_value = int(size)
-    model = shape_inference.infer_shapes(model, data_prop=True)
+    model = _infer_shapes(model)
     shapes: dict[str, list[int]] = {}
     for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
         dims = [d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim]

@@ -21,6 +21,9 @@ def test_minilm_auto_picks_openvino_int8_that_stays_faithful(cli, tmp_path):
     assert last["metric_name"] == "cosine" and last["metric"] >= 0.993
     assert report["steps"][0]["metric"] == pytest.approx(1.0, abs=1e-5)  # baseline is its own reference
     assert last["size_bytes"] * 3.5 < report["steps"][0]["size_bytes"]
+    # quantization keeps the work: every step counts the baseline's ~1.43 GMACs (a 100 % "reduction" was a bug)
+    assert report["steps"][0]["macs"] > 1.4e9
+    assert all(abs(s["compute_reduction"]) < 0.01 for s in report["steps"]), [s["macs"] for s in report["steps"]]
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["model.bin", "model.xml", "report.json", "sample"]
     written = json.loads((tmp_path / "o" / "report.json").read_text())["package"]
     assert written["model"] == {"format": "openvino-ir", "entry": "model.xml"}
