@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit_agent import __version__, power
-from edgekit_agent.brokers import BrokerListError, Endpoint, Failover, parse_brokers
+from edgekit_agent.brokers import BrokerListError, Endpoint, Failover, parse_brokers, reread_retained
 from edgekit_agent.inference import handle
 from edgekit_agent.outbox import Outbox
 from edgekit_agent.protocol import (
@@ -180,6 +180,13 @@ class Agent:
         self.connects += 1
         self._subscribe_tries = 0
         self._subscribe(client)
+        if self.connects > 1:  # a reconnect, perhaps to another cluster node whose retained view lags
+            generation = self.connects
+            reread_retained(
+                client,
+                [self._topic("desired"), self._topic("state")],
+                lambda: generation == self.connects and client.is_connected() and not self.stopping.is_set(),
+            )
         # set before the check, as _serving sets ``loaded`` before checking ``connected``: whichever runs
         # second publishes, so the state is never skipped by both
         self.connected.set()

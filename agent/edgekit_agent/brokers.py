@@ -9,6 +9,8 @@ interrupted download resumes from the chunks on disk.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -66,3 +68,34 @@ class Failover:
         self.moves += 1
         e = self.current
         client.connect_async(e.host, e.port, keepalive=30)
+
+
+#: Seconds after a reconnect at which the retained topics are asked for again, each after the one before.
+REREAD_AFTER = (3.0, 10.0, 30.0)
+
+
+def reread_retained(
+    client: Any, topics: list[str], still_same: Callable[[], bool], delays: tuple[float, ...] = REREAD_AFTER
+) -> None:
+    """Subscribe to ``topics`` again (QoS 0) at ``delays`` after a reconnect, while ``still_same()`` holds.
+
+    A clustered broker's nodes learn retained messages asynchronously: on NATS each node's view follows a
+    JetStream consumer, which stalls while a lost node's streams elect new leaders. A device that reconnects
+    to another node in that window subscribes against a stale view and misses a ``desired`` state published
+    meanwhile (or the retained will that says it is offline), and nothing would send it again: the device
+    would sit on the old package. MQTT sends the retained messages again on every SUBSCRIBE, an existing
+    subscription included, so asking again once the cluster has settled closes the window. What arrives
+    twice is harmless: an agent ignores the desired state it already runs. One timer thread at a time.
+    """
+    if not delays:
+        return
+
+    def fire() -> None:
+        if not still_same():
+            return
+        client.subscribe([(t, 0) for t in topics])
+        reread_retained(client, topics, still_same, delays[1:])
+
+    timer = threading.Timer(delays[0], fire)
+    timer.daemon = True
+    timer.start()

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from edgekit_agent.brokers import reread_retained
 from edgekit_agent.protocol import ChunkRequest, ChunkResponse, Desired, ProtocolError, dumps, loads, parse_topic, topic
 from edgekit_agent.transfer import Transfer, TransferError
 
@@ -57,6 +58,7 @@ class SimDevice:
     _transfer: Transfer | None = None
     _thread: threading.Thread | None = None
     _instance: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    _connects: int = 0
 
     def _state(self, status: str) -> bytes:
         return dumps({"status": status, "device": self.device, "profile": self.profile, "agent_version": "sim",
@@ -88,6 +90,14 @@ class SimDevice:
         kinds = ("state", "desired", "chunk/response") if self.follow is not None else ("state",)
         client.subscribe([(topic(self.fleet, self.device, k), 0) for k in kinds])
         self._publish_state("online")
+        self._connects += 1
+        if self._connects > 1:  # as the agent does: a cluster node's retained view may lag after a failover
+            generation = self._connects
+            reread_retained(
+                client,
+                [topic(self.fleet, self.device, k) for k in kinds if k != "chunk/response"],
+                lambda: generation == self._connects and client.is_connected() and not self._stopping.is_set(),
+            )
 
     @property
     def connected(self) -> bool:

@@ -43,3 +43,41 @@ def test_failover_goes_round_robin_and_ignores_a_requested_disconnect():
     single, c1 = Failover(parse_brokers("a:1")), Client()
     single.next(c1)
     assert c1.calls == []  # one broker: paho's own reconnect to it
+
+
+def test_retained_messages_are_asked_for_again_until_the_connection_changes(broker):
+    """The re-read after a reconnect (a cluster node's retained view may lag) against a real broker: every
+    SUBSCRIBE, also of an existing subscription, delivers the retained message again; a new connection
+    generation stops the chain."""
+    import threading
+    import time
+
+    import paho.mqtt.client as paho
+    from edgekit_agent.brokers import reread_retained
+
+    got: list[bytes] = []
+    subscribed = threading.Event()
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="reread")
+    c.on_message = lambda _c, _u, m: got.append(m.payload)
+    c.on_subscribe = lambda *_a: subscribed.set()
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    try:
+        c.publish("lab/dev-1/desired", b"v2", qos=1, retain=True).wait_for_publish(5)
+        c.subscribe("lab/dev-1/desired", qos=0)
+        assert subscribed.wait(5)
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert got == [b"v2"]
+        generation = {"now": 1}
+        reread_retained(c, ["lab/dev-1/desired"], lambda: generation["now"] == 1, delays=(0.1, 0.1, 2.0))
+        deadline = time.monotonic() + 5
+        while len(got) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        generation["now"] = 2  # a reconnect happened: the last re-read (2 s on) must not fire
+        time.sleep(2.5)
+        assert got == [b"v2"] * 3
+    finally:
+        c.loop_stop()
+        c.disconnect()
