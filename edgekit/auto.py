@@ -57,6 +57,14 @@ def candidates(bundle: ModelBundle, profile: DeviceProfile) -> list[Recipe]:
                     "passes": [{"type": "quantize_ort", "mode": "static"}],
                 }
             )
+            if trainable and bundle.student:
+                out.append(
+                    {
+                        "name": "onnxruntime-distilled",
+                        "runtime": runtime,
+                        "passes": [{"type": "distill", **bundle.student}],
+                    }
+                )
             if trainable:
                 out.append(
                     {

@@ -3,9 +3,10 @@
 For each model: torch fp32 eager, ONNX Runtime fp32, OpenVINO fp32 (precision hint pinned) and every
 edgekit recipe. ``edgekit package --auto --keep-candidates`` builds the quantized and pruned+INT8
 variants exactly as a user gets them (the section does not rebuild what --auto already built); the
-recipes --auto does not try (structured pruning alone, low-rank, a distilled student) are packaged one by
-one. Every final model is then timed in this one process, interleaved (round robin), at batch 1 and
-batch 8, so ratios between rows are taken under the same machine load.
+recipes --auto does not try (structured pruning alone, low-rank) are packaged one by one; the distilled
+student is an --auto candidate (``onnxruntime-distilled``) where the model names one. Every final model
+is then timed in this one process, interleaved (round robin), at batch 1 and batch 8, so ratios between
+rows are taken under the same machine load.
 """
 
 from __future__ import annotations
@@ -31,19 +32,10 @@ EXTRA_RECIPES: dict[str, dict[str, list[dict[str, Any]]]] = {
     "digits_cnn": {
         "prune50-fp32": [{"type": "prune_structured", "ratio": 0.5, "finetune_epochs": 5}],
         "lowrank-fp32": [{"type": "lowrank", "rank_ratio": 0.25, "finetune_epochs": 2}],
-        "distilled-fp32": [
-            {
-                "type": "distill",
-                "student": "edgekit_models.digits_cnn:build_student",
-                "student_kwargs": {"width": 0.5},
-                "epochs": 8,
-            }
-        ],
     },
     "recommender": {
         "prune50-fp32": [{"type": "prune_structured", "ratio": 0.5, "finetune_epochs": 2}],
         "lowrank-fp32": [{"type": "lowrank", "rank_ratio": 0.25, "min_features": 32, "finetune_epochs": 2}],
-        "distilled-fp32": [{"type": "distill", "student": "edgekit_models.recommender:build_student", "epochs": 4}],
     },
     "minilm": {
         "lowrank-fp32": [{"type": "lowrank", "energy": 0.9}],

@@ -40,6 +40,10 @@ class ModelBundle:
     train_batches: Callable[[], Iterable[tuple[Feed, np.ndarray]]] | None = None
     extra_metrics: Callable[[np.ndarray], dict[str, float]] | None = None
     model_type: Literal["transformer"] | None = None
+    # A smaller model with the same interface that --auto may distil into: the ``distill`` pass settings
+    # (``student`` as "package.module:function", ``student_kwargs``, ``epochs``). Only the model's author
+    # knows a student architecture that fits, so --auto tries distillation only where one is given.
+    student: dict[str, Any] | None = None
     description: str = ""
     # What a device must do around the model (written into the package manifest for the app that feeds it).
     preprocessing: dict[str, Any] = field(default_factory=dict)

@@ -88,6 +88,7 @@ def load(*, cache_dir: Path) -> ModelBundle:
         metric_name="accuracy",
         score=lambda logits: float((logits.argmax(axis=1) == y_te).mean()),
         train_batches=train_batches,
+        student={"student": "edgekit_models.digits_cnn:build_student", "student_kwargs": {"width": 0.5}, "epochs": 8},
         description="DigitsCNN (3 conv + 2 FC, BatchNorm) on sklearn digits, 450 held-out images",
         preprocessing={"image": "8x8 grayscale, NCHW float32, pixel intensity 0-16 divided by 16"},
         postprocessing={"logits": "argmax over 10 classes = the digit 0-9"},

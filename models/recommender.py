@@ -153,6 +153,7 @@ def load(*, cache_dir: Path) -> ModelBundle:
         score=lambda scores: ndcg_at_k(scores, y_te),
         extra_metrics=lambda scores: {"auc": auc(scores, y_te)},
         train_batches=train_batches,
+        student={"student": "edgekit_models.recommender:build_student", "epochs": 4},
         description="DLRM ranker (4 embedding tables, bottom/top MLP, dot interaction); 600 held-out sessions x 20",
         preprocessing={
             "dense": f"[candidates, {N_DENSE}] float32, standardised numeric features",

@@ -84,6 +84,29 @@ def test_auto_picks_a_candidate_within_tolerance_and_never_an_int8_slower_than_f
     assert_kept_candidates_reproduce_their_rows(kept, rows, digits)
 
 
+def test_auto_distils_into_the_student_the_model_names_and_only_then(cli, tmp_path, recommender):
+    report = package_json(
+        cli, "recommender", "--profile", "x86-64-generic", "--auto", "--only", "onnxruntime-distilled",
+        "--out", tmp_path / "o", "--keep-candidates", tmp_path / "kept",
+    )  # fmt: skip
+    rows = {c["name"]: c for c in report["candidates"]}
+    assert set(rows) == {"onnxruntime-fp32", "openvino-fp32", "onnxruntime-distilled"}
+    student = rows["onnxruntime-distilled"]
+    assert student["status"] == "ok" and student["precision"] == "fp32", student
+    assert student["performance_drop"] <= 0.01  # the profile's tolerance, against the teacher's ndcg@10
+    assert student["size_bytes"] < rows["onnxruntime-fp32"]["size_bytes"]
+    assert_kept_candidates_reproduce_their_rows(tmp_path / "kept", rows, recommender)
+    # a model that names no student gets no distillation candidate (none is invented for it)
+    from dataclasses import replace
+
+    from edgekit.auto import candidates
+    from edgekit.profiles import load_profile
+
+    profile = load_profile("x86-64-generic")
+    assert "onnxruntime-distilled" in {c.name for c in candidates(recommender, profile)}
+    assert "onnxruntime-distilled" not in {c.name for c in candidates(replace(recommender, student=None), profile)}
+
+
 def assert_kept_candidates_reproduce_their_rows(kept, rows, bundle):
     """--keep-candidates: every built candidate is on disk with its row, and scores what the row says."""
     from edgekit.artifact import Artifact
