@@ -41,6 +41,39 @@ def start_agent(cluster, tmp_path, keys, **cfg) -> Agent:
     return agent
 
 
+def retained_version(url: str, name: str) -> str | None:
+    """What a fresh subscriber on this node gets as the retained message (its version), within 3 s."""
+    import queue
+
+    from edgekit_agent.protocol import Desired, topic
+
+    from edgekit.fleet import mqtt
+
+    got: queue.Queue = queue.Queue()
+    c = mqtt.client("probe")
+    c.on_message = lambda _c, _u, m: got.put(m.payload)
+    try:
+        mqtt.connect(c, url)
+        c.subscribe(topic(*name.split("/")), qos=0)
+        return Desired.from_json(got.get(timeout=3)).version
+    except Exception as exc:
+        return f"none ({type(exc).__name__})"
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def agent_diagnosis(agent: Agent, store: Store) -> str:
+    state = {k: agent.updater.state.get(k) for k in ("state", "version", "failed", "reason")}
+    events = [(e["kind"], {k: v for k, v in e["body"].items() if k not in ("device", "time", "kind")})
+              for e in store.events("lab", "dev-1")][-8:]  # fmt: skip
+    return (
+        f"updater {state}; connected {agent.connected.is_set()} on node {agent.failover.index} after "
+        f"{agent.failover.moves} moves, {agent.connects} connects, {agent.refused_subscriptions} refused "
+        f"subscriptions, outbox {len(agent.outbox)}, queued desired {agent.control.qsize()}; events {events}"
+    )
+
+
 def test_an_agent_on_one_node_installs_through_a_serve_worker_on_another_and_reports_into_postgresql(tmp_path, cluster):
     keys = pkgs.keys(tmp_path / "keys")
     repo = tmp_path / "repo"
@@ -110,7 +143,11 @@ def test_a_real_agent_whose_node_dies_moves_on_installs_the_next_package_and_flu
             # desired state; a publish made during the JetStream election is re-sent until it is
             v2 = pkgs.desired(tmp_path, repo, keys[0], "v2", 2, extra={"pad.bin": os.urandom(100_000)})
             publish_desired(",".join(cluster.mqtt_urls[1:]), "lab", ["dev-1"], v2)
-            wait_until(lambda: agent.model.manifest.version == "v2", "v2 after the node died", timeout=90)
+            try:
+                wait_until(lambda: agent.model.manifest.version == "v2", "v2 after the node died", timeout=90)
+            except AssertionError as exc:  # say where it stopped: this has failed intermittently
+                views = {url: retained_version(url, "lab/dev-1/desired") for url in cluster.mqtt_urls[1:]}
+                raise AssertionError(f"{exc}; {agent_diagnosis(agent, Store(db))}; retained views {views}") from None
             assert agent.failover.index != 0 and agent.connected.is_set()
             wait_until(lambda: len(agent.outbox) == 0, "the telemetry queued during the failover sent", timeout=60)
             store = Store(db)
