@@ -84,7 +84,16 @@ def failover_rollout(work: Path, db: str, v1: Path, v2: Path, key: Path, *, devi
         if killed:
             res["reconnect_s"] = _all_connected(sim, killed["t"])
             res["still_on_killed_node"] = sum(1 for d in sim.devices if d.port == cluster.nodes[0].mqtt_port)
-        res["states"] = sorted({(r["status"], r["package_version"]) for r in store.group("lab", profile)})
+        # A will can still arrive after the reconnect (a connection the cluster found dead late, or closed as
+        # a duplicate client id); the device hears its own stale will and says "online" again. So the states
+        # are read once they settle (60 s at most), and how long that took is reported with them.
+        t_states = time.monotonic()
+        while True:
+            res["states"] = sorted({(r["status"], r["package_version"]) for r in store.group("lab", profile)})
+            if res["states"] == [("online", version)] or time.monotonic() - t_states > 60:
+                break
+            time.sleep(0.2)
+        res["states_settled_s"] = round(time.monotonic() - t_states, 1)
         stop.set()
         sender.join(30)
         res["all_acked"] = sim.wait_acked(60)
@@ -233,7 +242,8 @@ def render(res: dict[str, Any]) -> list[str]:
         f"{f['v2']['running']} devices |",
         f"| devices on the killed node / still there after | {f['on_killed_node']} / {f['still_on_killed_node']} |",
         f"| kill → every device connected again | {'n/a' if reconnect is None else f'{reconnect:.1f} s'} |",
-        f"| device states after | {', '.join(f'{s} {v}' for s, v in f['states'])} |",
+        f"| device states after (settled in) | {', '.join(f'{s} {v}' for s, v in f['states'])} "
+        f"({f.get('states_settled_s', 0):.1f} s) |",
         f"| telemetry sent / stored / lost | {f['sent']} / {f['stored']} / {f['lost']} |",
         f"| redelivered duplicates skipped by the store | {f['duplicates_skipped']} |",
         f"| chunks served by worker 0 / worker 1 | {f['chunks_served'][0]} / {f['chunks_served'][1]} |",

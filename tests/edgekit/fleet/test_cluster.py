@@ -120,7 +120,7 @@ def test_a_rollout_to_100_devices_completes_when_a_broker_node_dies_and_no_telem
     assert res["v1"]["status"] == "completed" and res["v1"]["running"] == 100
     assert res["v2"]["status"] == "completed", res["v2"]["log"][-3:]
     assert res["v2"]["running"] == 100
-    assert res["states"] == [("online", "v2")]
+    assert res["states"] == [("online", "v2")], res["states_settled_s"]
     assert res["reconnect_s"] is not None, "some device never reconnected"
     assert res["all_acked"], "the cluster did not acknowledge every telemetry message"
     assert res["sent"] > 0 and res["lost"] == 0 and res["stored"] == res["sent"], res
