@@ -84,8 +84,10 @@ def reread_retained(
     to another node in that window subscribes against a stale view and misses a ``desired`` state published
     meanwhile (or the retained will that says it is offline), and nothing would send it again: the device
     would sit on the old package. MQTT sends the retained messages again on every SUBSCRIBE, an existing
-    subscription included, so asking again once the cluster has settled closes the window. What arrives
-    twice is harmless: an agent ignores the desired state it already runs. One timer thread at a time.
+    subscription included, so asking again once the cluster has settled narrows the window (it does not
+    close it: a node whose view stays stale past the last re-read still hides the message; docs/scaling.md).
+    What arrives twice is harmless: an agent ignores the desired state it already runs. One timer thread
+    at a time.
     """
     if not delays:
         return
