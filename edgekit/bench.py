@@ -23,10 +23,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def machine() -> str:
-    from edgekit.profiles import _cpu_name
+    from edgekit.profiles import cpu_name
 
     system = f"{platform.system()} {platform.release()}"
-    return f"{_cpu_name()}, {os.cpu_count()} cores, {system}, Python {platform.python_version()}"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {system}, Python {platform.python_version()}"
+
+
+def isa() -> list[str]:
+    """Recorded with every section: INT8 can win on one ISA and lose on another, so a figure names its flags."""
+    from edgekit.profiles import int8_speed_flags
+
+    return int8_speed_flags()
 
 
 def log(msg: str) -> None:
@@ -34,7 +41,11 @@ def log(msg: str) -> None:
 
 
 def header(res: dict[str, Any]) -> str:
-    return f"Measured {res['date']} on {res['machine']} with `{res['command']}`."
+    if "cpu_flags" not in res:
+        flags = "CPU flags not recorded by this run"
+    else:
+        flags = "CPU flags " + ("/".join(res["cpu_flags"]) or "none of avx2/avx512_vnni/avx_vnni/amx_int8")
+    return f"Measured {res['date']} on {res['machine']} ({flags}) with `{res['command']}`."
 
 
 QUICK = ("models", "agent", "fleet")  # packaging time and NATS scaling take minutes by nature
@@ -60,7 +71,12 @@ def run(sections: list[str], out_md: Path, results_dir: Path, *, quick: bool = F
         log(f"section {name}")
         t0 = time.perf_counter()
         command = "make bench-quick" if quick else "make bench"
-        res = {"machine": machine(), "date": dt.date.today().isoformat(), "command": f"{command} ({name})"}
+        res = {
+            "machine": machine(),
+            "cpu_flags": isa(),
+            "date": dt.date.today().isoformat(),
+            "command": f"{command} ({name})",
+        }
         res |= known[name].run(quick=quick)
         res["section_seconds"] = round(time.perf_counter() - t0, 1)
         (results_dir / f"{name}.json").write_text(json.dumps(res, indent=2, default=str) + "\n")

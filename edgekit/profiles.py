@@ -132,7 +132,8 @@ def load_profile(name_or_path: str) -> DeviceProfile:
     return load_profile_file(path)
 
 
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags (x86 ``flags`` or arm ``Features`` of /proc/cpuinfo); empty where unreadable."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -145,7 +146,17 @@ def _cpu_flags() -> set[str]:
     return flags
 
 
-def _cpu_name() -> str:
+# The flags that flip INT8 speed (fp32 vs INT8 ranks differently with and without them): every benchmark names them.
+INT8_SPEED_FLAGS = ("avx2", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+
+def int8_speed_flags(flags: set[str] | None = None) -> list[str]:
+    """The INT8-deciding flags this CPU has, in a fixed order (``[]`` on a CPU with none of them)."""
+    have = cpu_flags() if flags is None else flags
+    return [f for f in INT8_SPEED_FLAGS if f in have]
+
+
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
@@ -173,7 +184,7 @@ def probe(*, name: str | None = None) -> DeviceProfile:
         runtimes += [f"onnxruntime:{p}" for p in ort.get_available_providers() if p != "AzureExecutionProvider"]
     except Exception:
         pass
-    flags = _cpu_flags()
+    flags = cpu_flags()
     isa = sorted(f for f in flags if f in INT8_RELEVANT_FLAGS)
     precisions = ["fp32", "int8"]
     if {"avx512_fp16", "fphp", "asimdhp"} & flags or any(r.endswith((":GPU", ":NPU")) for r in runtimes):
@@ -192,7 +203,7 @@ def probe(*, name: str | None = None) -> DeviceProfile:
         name=name or re.sub(r"[^a-z0-9._-]+", "-", platform.node().lower()).strip("-") or "this-machine",
         description=f"probed on {platform.node()} ({platform.platform()})",
         arch=arch if arch in {"x86_64", "aarch64", "armv7l"} else "x86_64",
-        cpu=_cpu_name(),
+        cpu=cpu_name(),
         cores=cores,
         memory_mb=mem_mb,
         isa_features=isa,

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from autorule import assert_choice_follows_the_measured_rule
 
 RECIPES = Path(__file__).resolve().parents[2] / "models" / "recipes"
 pytestmark = pytest.mark.integration
@@ -71,16 +72,8 @@ def test_auto_picks_a_candidate_within_tolerance_and_never_an_int8_slower_than_f
     report = package_json(
         cli, "digits_cnn", "--profile", "x86-64-generic", "--auto", "--out", tmp_path / "o", "--keep-candidates", kept
     )
-    rows = {c["name"]: c for c in report["candidates"]}
-    chosen = rows[report["chosen"]]
-    assert chosen["status"] == "ok" and chosen["performance_drop"] <= 0.01
-    assert chosen["latency_ms"] == min(r["latency_ms"] for r in rows.values() if r["status"] == "ok")
-    for row in rows.values():
-        parent = rows[f"{row['runtime']}-fp32"]
-        if row["status"] == "ok" and row["precision"] != "fp32":
-            assert row["latency_ms"] <= parent["latency_ms"]
-        if row["status"] == "slower-than-fp32":
-            assert row["latency_ms"] > parent["latency_ms"]
+    rows = assert_choice_follows_the_measured_rule(report)  # which candidate wins depends on this CPU
+    assert rows[report["chosen"]]["performance_drop"] <= 0.01
     assert_kept_candidates_reproduce_their_rows(kept, rows, digits)
 
 

@@ -66,3 +66,23 @@ def test_cli_profiles_list_json_and_show(cli, tmp_path):
     assert "ProfileNotFound" in err and "Traceback" not in err
     code, _, _ = cli("profiles", "probe", "--out", tmp_path / "me.yaml", "--name", "me")
     assert code == 0 and load_profile(str(tmp_path / "me.yaml")).name == "me"
+
+
+def test_int8_speed_flags_name_what_decides_int8_speed_in_a_fixed_order():
+    from edgekit.profiles import cpu_flags, int8_speed_flags
+
+    xeon_amx = {"sse4_2", "avx2", "avx512f", "avx512_vnni", "amx_tile", "amx_int8", "fma"}
+    assert int8_speed_flags(xeon_amx) == ["avx2", "avx512_vnni", "amx_int8"]
+    assert int8_speed_flags({"avx", "avx2", "fma"}) == ["avx2"]  # the EPYC without VNNI
+    assert int8_speed_flags({"fp", "asimd", "crc32"}) == []  # Cortex-A72 (rpi4): no dot product
+    assert int8_speed_flags({"asimd", "asimddp", "i8mm"}) == ["asimddp", "i8mm"]
+    assert int8_speed_flags() == int8_speed_flags(cpu_flags())
+
+
+def test_bench_sections_name_the_cpu_flags_or_say_they_were_not_recorded():
+    from edgekit.bench import header
+
+    res = {"date": "2026-11-30", "machine": "AMD EPYC, 2 cores", "command": "make bench (models)"}
+    assert "(CPU flags avx2)" in header(res | {"cpu_flags": ["avx2"]})
+    assert "none of avx2" in header(res | {"cpu_flags": []})
+    assert "CPU flags not recorded by this run" in header(res)
