@@ -26,6 +26,7 @@ from edgekit.bench import header, log
 
 DEVICES = 100
 RATE = 2.0  # telemetry messages per second per device during the rollouts
+RECONCILE_GRACE = 10.0  # seconds a device may run another package before a serve worker resends desired
 DRAIN = (200, 150)  # devices x messages held for the workers, as in the fleet section
 
 
@@ -45,7 +46,13 @@ def failover_rollout(work: Path, db: str, v1: Path, v2: Path, key: Path, *, devi
     cluster.start()
     nats = cluster.nats_urls
     store = Store(db)
-    workers = [PackageServer(repo, "", ingest=Ingest(Store(db)), nats=",".join(nats[i:] + nats[:i])) for i in (0, 1)]
+    mqtt_urls = cluster.mqtt_urls
+    # both workers run the reconciler; the store's lease lets one resend at a time
+    workers = [
+        PackageServer(repo, ",".join(mqtt_urls[i:] + mqtt_urls[:i]), ingest=Ingest(Store(db)),
+                      nats=",".join(nats[i:] + nats[:i]), reconcile_grace=RECONCILE_GRACE)
+        for i in (0, 1)
+    ]  # fmt: skip
     sim = Simulation(",".join(cluster.mqtt_urls), "lab", devices, profile=profile, follow=work / "sim")
     stop = threading.Event()
     sender = threading.Thread(target=lambda: sim.run(messages=10**9, rate=RATE, stop=stop), daemon=True)
@@ -106,6 +113,8 @@ def failover_rollout(work: Path, db: str, v1: Path, v2: Path, key: Path, *, devi
         res["duplicates_skipped"] = sum(w.ingest.stats.duplicates for w in workers)
         res["chunks_served"] = [w.served for w in workers]
         res["installs"] = sum(d.installs for d in sim.devices)
+        res["desired_resends"] = sum(w.reconciler.stats.resends for w in workers)
+        res["resent_by_workers"] = sum(1 for w in workers if w.reconciler.stats.resends)
     finally:
         stop.set()
         sim.stop()

@@ -321,7 +321,8 @@ class Agent:
                 payload = self.infer_q.get(timeout=0.5)
             except queue.Empty:
                 continue
-            _, response = handle(payload, self.model, self.telemetry.record)
+            model = self.model
+            _, response = handle(payload, model, self.telemetry.record, loading=not self.loaded.is_set())
             self._reply(response)
 
     def _telemetry_loop(self) -> None:

@@ -53,8 +53,12 @@ def decode(spec: Any, name: str) -> Any:
     return np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype).reshape(shape)
 
 
-def handle(payload: bytes, model: Any, record: Any) -> tuple[str | None, dict[str, Any]]:
-    """(request id, response) for one request; ``record(latency_ms | None)`` feeds telemetry."""
+def handle(payload: bytes, model: Any, record: Any, *, loading: bool = False) -> tuple[str | None, dict[str, Any]]:
+    """(request id, response) for one request; ``record(latency_ms | None)`` feeds telemetry.
+
+    ``loading``: the agent has an installed model but has not finished loading it (just after a start);
+    the caller is told to ask again instead of being told that nothing is installed.
+    """
     try:
         request = loads(payload, max_bytes=MAX_REQUEST)
     except ProtocolError as exc:
@@ -64,6 +68,8 @@ def handle(payload: bytes, model: Any, record: Any) -> tuple[str | None, dict[st
         return None, {"id": None, "error": "bad request: 'id' must be a string of 1-128 characters"}
     if model is None:
         record(None)
+        if loading:
+            return rid, {"id": rid, "error": "busy: loading the installed model; ask again in a moment"}
         return rid, {"id": rid, "error": "no model is installed yet"}
     inputs = request.get("inputs")
     if not isinstance(inputs, dict):

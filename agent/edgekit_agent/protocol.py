@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 import socket
 import struct
@@ -75,13 +76,26 @@ def parse_topic(name: str) -> tuple[str, str, str]:
     return _segment(parts[0], "fleet"), _segment(parts[1], "device id"), parts[2]
 
 
+def _no_constant(name: str) -> Any:
+    raise ProtocolError(f"payload is not standard JSON ({name} is not a JSON number)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ProtocolError(f"number {text[:40]} is out of range")
+    return value
+
+
 def _load(payload: bytes | str, *, max_bytes: int = 1 << 20) -> dict[str, Any]:
     if len(payload) > max_bytes:
         raise ProtocolError(f"payload of {len(payload)} bytes is over the {max_bytes}-byte limit")
     try:
-        data = json.loads(payload)
+        data = json.loads(payload, parse_constant=_no_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"payload is not JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("payload is nested too deeply") from None
     if not isinstance(data, dict):
         raise ProtocolError("payload must be a JSON object")
     return data
@@ -158,12 +172,13 @@ class ChunkRequest:
         data = _only(_load(payload, max_bytes=4096), {"request_id", "sha256", "offset", "length"})
         sha = _sha256(data, "sha256")
         offset, length = _field(data, "offset", int), _field(data, "length", int)
-        if offset < 0 or not 0 < length <= MAX_CHUNK:
-            raise ProtocolError(f"offset must be >= 0 and length in 1..{MAX_CHUNK}")
+        if not 0 <= offset <= MAX_PACKAGE or not 0 < length <= MAX_CHUNK:
+            raise ProtocolError(f"offset must be in 0..{MAX_PACKAGE} and length in 1..{MAX_CHUNK}")
         return cls(_segment(_field(data, "request_id", str), "request_id"), sha, offset, length)
 
 
 MAX_CHUNK = 4 << 20
+MAX_PACKAGE = 1 << 40  # 1 TiB: past any package, and far inside the 64-bit offsets os.pread takes
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit_agent.power import Reader
+from edgekit_agent.schema import telemetry_message
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -80,26 +81,22 @@ class Telemetry:
         energy_mj = None
         if reading.watts is not None and count:
             energy_mj = reading.watts * elapsed / count * 1e3
-        return {
+        # one name per field (schema.TELEMETRY); the wire nests latency and power as agents always have
+        return telemetry_message({
             "interval_s": round(elapsed, 3),
             "inferences": count,
             "errors": errors,
             "throughput_per_s": round(count / elapsed, 3),
-            "latency_ms": {
-                "p50": _percentile(latencies, 0.50) if latencies else None,
-                "p95": _percentile(latencies, 0.95) if latencies else None,
-                "p99": _percentile(latencies, 0.99) if latencies else None,
-            },
+            "p50_ms": _percentile(latencies, 0.50) if latencies else None,
+            "p95_ms": _percentile(latencies, 0.95) if latencies else None,
+            "p99_ms": _percentile(latencies, 0.99) if latencies else None,
             "cpu_percent": round(100 * cpu_used / elapsed, 2),
             "rss_bytes": rss_bytes(),
             "temperature_c": temperature_c(),
-            "power": {
-                "watts": None if reading.watts is None else round(reading.watts, 4),
-                "source": reading.source,
-                "measured": reading.measured,
-            },
-            # Energy per inference: the device's whole power over the interval divided by the inferences in it.
+            "power_w": None if reading.watts is None else round(reading.watts, 4),
+            "power_source": reading.source,
+            # the device's whole power over the interval divided by the inferences in it
             "energy_per_inference_mj": None if energy_mj is None else round(energy_mj, 4),
             "energy_is_estimate": not reading.measured,
             "dropped_messages": self.dropped_messages,
-        }
+        })  # fmt: skip

@@ -41,14 +41,14 @@ def main() -> None:
     except EdgekitError as exc:
         from rich.markup import escape
 
-        from edgekit.cli._console import err
+        from edgekit.console import err
 
         err.print(f"[bold red]error[/] {escape(exc.one_line())}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except PackageError as exc:
         from rich.markup import escape
 
-        from edgekit.cli._console import err
+        from edgekit.console import err
 
         err.print(f"[bold red]refused[/] {escape(exc.one_line())}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
@@ -60,7 +60,7 @@ def main() -> None:
 
         from rich.markup import escape
 
-        from edgekit.cli._console import err
+        from edgekit.console import err
 
         if os.environ.get("EDGEKIT_DEBUG"):
             traceback.print_exc()

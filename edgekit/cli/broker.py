@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from edgekit.cli import _options as opt
-from edgekit.cli._console import err, out, print_json
+from edgekit.console import err, out, print_json
 
 app = typer.Typer(help="Run a local MQTT broker, or write a production Mosquitto config (broker config).")
 

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from edgekit.cli._console import err, out
+from edgekit.console import err, out
 
 
 def demo(

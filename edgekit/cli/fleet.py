@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from edgekit.cli import _options as opt
-from edgekit.cli._console import err, out, print_json
+from edgekit.console import err, out, print_json
 
 app = typer.Typer(help="Look at and organise the fleet: status, live watch, history, events, labels, report.",
                   no_args_is_help=True)  # fmt: skip
@@ -23,17 +23,6 @@ def _store(db: str) -> Any:
     from edgekit.fleet.store import Store
 
     return Store(db)
-
-
-def _when(epoch: float | None) -> str:
-    if not epoch:
-        return "never"
-    age = time.time() - epoch
-    if age < 120:
-        return f"{age:.0f} s ago"
-    if age < 7200:
-        return f"{age / 60:.0f} min ago"
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _wait_for_signal() -> None:
@@ -58,6 +47,10 @@ def serve(
         str | None,
         typer.Option(help="shared-subscription GROUP ($share/GROUP/…): start several serve workers with the same one"),
     ] = None,
+    reconcile_grace: Annotated[
+        float,
+        typer.Option(help="seconds a device may run other than its desired package before serve resends it (0: off)"),
+    ] = 60.0,
     nats: Annotated[
         str | None,
         typer.Option(
@@ -74,7 +67,10 @@ def serve(
     ingest = None if no_ingest else Ingest(_store(db))
     if nats and session:
         raise opt.OptionInvalid("--session is for MQTT brokers; with --nats the JetStream consumer keeps reports")
-    server = PackageServer(packages, broker, ingest=ingest, session=session, share=share, nats=nats)
+    if reconcile_grace < 0:
+        raise opt.OptionInvalid(f"--reconcile-grace {reconcile_grace:g} must be >= 0 seconds (0 turns it off)")
+    server = PackageServer(packages, broker, ingest=ingest, session=session, share=share, nats=nats,
+                           reconcile_grace=reconcile_grace)  # fmt: skip
     metrics = None
     if metrics_port is not None:  # before anything starts: a busy port must not leave serve half up
         from edgekit.fleet.metrics import MetricsServer
@@ -243,48 +239,11 @@ def label(
         out.print(f"{device}: " + (", ".join(f"{k}={v}" for k, v in sorted(result.items())) or "no labels"))
 
 
-def status_rows(store: Any, fleet: str) -> list[dict[str, Any]]:
-    latest = store.latest_telemetry(fleet)
-    rows = []
-    for d in store.devices(fleet):
-        t = latest.get(d["device"], {})
-        rows.append({
-            "device": d["device"], "profile": d["profile"], "online": d["status"] == "online",
-            "package": d["package_name"], "version": d["package_version"], "runtime": d["runtime"],
-            "p50_ms": t.get("p50"), "p95_ms": t.get("p95"), "inferences_per_s": t.get("throughput"),
-            "power_w": t.get("power_w"), "power_source": t.get("power_source"),
-            "energy_mj_per_inference": t.get("energy_mj"), "energy_is_estimate": bool(t.get("energy_is_estimate")),
-            "labels": d["labels"], "last_seen": d["last_seen"],
-        })  # fmt: skip
-    return rows
-
-
-def status_table(rows: list[dict[str, Any]], fleet: str) -> Any:
-    from rich.table import Table
-
-    def num(v: Any, spec: str) -> str:
-        return "–" if v is None else format(v, spec)
-
-    table = Table(title=f"fleet {fleet}: {sum(r['online'] for r in rows)}/{len(rows)} online", title_justify="left")
-    for col in ("device", "profile", "online", "package", "runtime", "p50 ms", "p95 ms", "inf/s", "power W",
-                "mJ/inf", "last seen"):  # fmt: skip
-        table.add_column(col)
-    for r in rows:
-        power = "unavailable" if r["power_w"] is None else f"{r['power_w']:.2f} ({r['power_source']})"
-        estimated = r["energy_is_estimate"] and r["energy_mj_per_inference"] is not None
-        energy = num(r["energy_mj_per_inference"], ".3f") + (" est." if estimated else "")
-        table.add_row(
-            r["device"], r["profile"] or "?", "[green]yes[/]" if r["online"] else "[red]no[/]",
-            f"{r['package']}@{r['version']}" if r["package"] else "–", r["runtime"] or "–",
-            num(r["p50_ms"], ".3f"), num(r["p95_ms"], ".3f"), num(r["inferences_per_s"], ".1f"), power, energy,
-            _when(r["last_seen"]),
-        )  # fmt: skip
-    return table
-
-
 @app.command()
 def status(fleet: opt.Fleet = opt.DEFAULT_FLEET, db: opt.Db = opt.DEFAULT_DB, fmt: opt.Format = "table") -> None:
     """One row per device: online, package, runtime, latency, throughput, power, energy, last seen."""
+    from edgekit.fleet.status import status_rows, status_table
+
     opt.check_format(fmt)
     rows = status_rows(_store(db), fleet)
     if fmt == "json":
@@ -305,6 +264,8 @@ def watch(
     """The status table, refreshed live until Ctrl-C."""
     from rich.live import Live
 
+    from edgekit.fleet.status import status_rows, status_table
+
     store = _store(db)
     n = 0
     with Live(status_table(status_rows(store, fleet), fleet), console=out, auto_refresh=False) as live:
@@ -319,7 +280,9 @@ def watch(
 @app.command()
 def history(
     device: Annotated[str, typer.Argument(help="device id")],
-    metric: Annotated[str, typer.Option(help="p50, p95, p99, throughput, power_w, energy_mj, …")] = "p95",
+    metric: Annotated[
+        str, typer.Option(help="a telemetry field: p50_ms, p95_ms, p99_ms, throughput_per_s, power_w, …")
+    ] = "p95_ms",
     since: opt.Since = "1h",
     fleet: opt.Fleet = opt.DEFAULT_FLEET,
     db: opt.Db = opt.DEFAULT_DB,
@@ -392,3 +355,23 @@ def report(
 
     path = write_report(_store(db), fleet, out_path, since=time.time() - opt.duration(since, "--since"))
     out.print(f"wrote {path} ({path.stat().st_size:,} bytes)", highlight=False)
+
+
+@app.command()
+def migrate(db: opt.Db = opt.DEFAULT_DB, fmt: opt.Format = "table") -> None:
+    """Bring the fleet store's schema up to this edgekit's version (serve and every command also do this)."""
+    from edgekit.fleet.store import Store
+
+    opt.check_format(fmt)
+    before = Store(db, migrate=False).version()
+    store = Store(db)
+    done = {"db": db, "from": before, "to": store.version(),
+            "applied": [{"version": m.version, "what": m.what} for m in store.applied]}  # fmt: skip
+    if fmt == "json":
+        print_json(done)
+    elif not store.applied:
+        out.print(f"{db}: already at schema version {done['to']}", highlight=False)
+    else:
+        for m in done["applied"]:
+            out.print(f"applied {m['version']}: {m['what']}", highlight=False)
+        out.print(f"{db}: schema version {before} -> {done['to']}", highlight=False)

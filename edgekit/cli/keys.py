@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from edgekit.cli import _options as opt
-from edgekit.cli._console import out, print_json
+from edgekit.console import out, print_json
 
 app = typer.Typer(help="Create and show package signing keys.", no_args_is_help=True)
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from edgekit.cli import _options as opt
-from edgekit.cli._console import err, out, print_json, stdout_to_stderr
+from edgekit.console import err, out, print_json, stdout_to_stderr
 
 
 def _fmt_bytes(n: int) -> str:

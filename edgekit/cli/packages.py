@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from edgekit.cli import _options as opt
-from edgekit.cli._console import err, out, print_json
+from edgekit.console import err, out, print_json
 
 PackageArg = Annotated[Path, typer.Argument(help="the .edgepkg file")]
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgekit.cli._console import err, out, print_json
+from edgekit.console import err, out, print_json
 
 app = typer.Typer(help="Device profiles: list, show, or probe this machine.", no_args_is_help=True)
 Format = Annotated[str, typer.Option("--format", help="table or json")]

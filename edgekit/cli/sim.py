@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from edgekit.cli import _options as opt
-from edgekit.cli._console import err, print_json
+from edgekit.console import err, print_json
 
 # Each simulated device is a paho client with a socket and a wake-up socket pair; paho waits on them with
 # select(), which fails for descriptors above 1024: measured, the ~340th client in one process never connects.

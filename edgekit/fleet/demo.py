@@ -207,7 +207,7 @@ class Demo:
         time.sleep(2)  # a last telemetry interval on the new version, for the table and the report
 
         self.say("step 7: the fleet")
-        from edgekit.cli.fleet import status_rows, status_table
+        from edgekit.fleet.status import status_rows, status_table
 
         self.show(status_table(status_rows(store, FLEET), FLEET))
         self.show(self._answers_table())
@@ -241,7 +241,7 @@ class Demo:
 
     def _package(self, key: Path) -> dict[tuple[str, str], Path]:
         from edgekit.build import run_package
-        from edgekit.cli._console import stdout_to_stderr
+        from edgekit.console import stdout_to_stderr
         from edgekit.edgepkg import Signing
 
         recipes = Path(__file__).resolve().parents[2] / "models" / "recipes"
@@ -349,7 +349,7 @@ class Demo:
         recent = store.telemetry(FLEET, since=time.time() - 60)
         per_device = defaultdict(int)
         for r in recent:
-            if r["package_version"] == version and r["p95"] is not None:
+            if r["package_version"] == version and r["p95_ms"] is not None:
                 per_device[r["device"]] += 1
         return all(per_device[d] >= n for d, _ in DEVICES)
 

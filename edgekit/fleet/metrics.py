@@ -6,9 +6,12 @@ client library. Values come from the serve process's counters and the store's la
 
 from __future__ import annotations
 
+import math
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from edgekit_agent.schema import TELEMETRY
 
 from edgekit.errors import EdgekitError
 
@@ -25,19 +28,43 @@ def render(server: Any, store: Any) -> str:
         "# HELP edgekit_chunk_requests_refused_total Malformed or unanswerable chunk requests.",
         "# TYPE edgekit_chunk_requests_refused_total counter",
         f"edgekit_chunk_requests_refused_total {server.refused}",
+        "# HELP edgekit_serve_failures_total Unexpected errors in serve's workers (each logged; the workers go on).",
+        "# TYPE edgekit_serve_failures_total counter",
+        f"edgekit_serve_failures_total {server.failures}",
+        "# HELP edgekit_serve_healthy 1 while every long-lived serve thread is running.",
+        "# TYPE edgekit_serve_healthy gauge",
+        f"edgekit_serve_healthy {int(server.healthy)}",
     ]
+    reconciler = getattr(server, "reconciler", None)
+    if reconciler is not None:
+        lines += [
+            "# HELP edgekit_reconciler_resends_total Desired states sent again to divergent devices.",
+            "# TYPE edgekit_reconciler_resends_total counter",
+            f"edgekit_reconciler_resends_total {reconciler.stats.resends}",
+            "# HELP edgekit_reconciler_leader 1 while this serve worker holds the reconciler lease.",
+            "# TYPE edgekit_reconciler_leader gauge",
+            f"edgekit_reconciler_leader {int(reconciler.stats.leader)}",
+        ]
     if server.ingest is not None:
         for name, value in server.ingest.stats.to_json().items():
             if isinstance(value, int):
                 lines += [f"# TYPE edgekit_ingest_{name}_total counter", f"edgekit_ingest_{name}_total {value}"]
     gauges = {
         "device_online": ("1 when the device's retained state is online", lambda d, t: int(d["status"] == "online")),
-        "device_latency_p95_ms": ("p95 inference latency in the last telemetry interval", lambda d, t: t.get("p95")),
-        "device_throughput": ("inferences per second in the last interval", lambda d, t: t.get("throughput")),
-        "device_power_watts": ("device power (the source label says measured or estimate)",
-                               lambda d, t: t.get("power_w")),
         "device_last_seen_seconds": ("Unix time of the last message", lambda d, t: d["last_seen"]),
-    }  # fmt: skip
+    }
+    resends = {(r["fleet"], r["device"]): r for r in store.query("SELECT * FROM reconcile")}
+    gauges["device_desired_resends"] = (
+        "times serve sent the desired state again (reconciler)",
+        lambda d, t: (resends.get((d["fleet"], d["device"])) or {}).get("resends", 0),
+    )
+    gauges["device_stuck"] = (
+        "1 when the device stays on another package after every resend",
+        lambda d, t: (resends.get((d["fleet"], d["device"])) or {}).get("stuck", 0),
+    )
+    for f in TELEMETRY:  # every numeric telemetry field, under its one name (power_w carries its source)
+        if f.numeric:
+            gauges[f"device_{f.name}"] = (f"{f.help} (latest telemetry)", lambda d, t, name=f.name: t.get(name))
     fleets = sorted(r["fleet"] for r in store.query("SELECT DISTINCT fleet FROM devices"))
     per_fleet = [(f, store.devices(f), store.latest_telemetry(f)) for f in fleets]
     for name, (help_text, get) in gauges.items():
@@ -46,10 +73,10 @@ def render(server: Any, store: Any) -> str:
             for d in devices:
                 t = latest.get(d["device"], {})
                 value = get(d, t)
-                if value is None:
-                    continue
+                if value is None or not math.isfinite(float(value)):
+                    continue  # Prometheus would take +Inf, but a device that reports it is broken, not infinite
                 labels = f'fleet="{_escape(fleet)}",device="{_escape(d["device"])}"'
-                if name == "device_power_watts":
+                if name == "device_power_w":
                     labels += f',source="{_escape(t.get("power_source") or "none")}"'
                 lines.append(f"edgekit_{name}{{{labels}}} {float(value):g}")
     return "\n".join(lines) + "\n"

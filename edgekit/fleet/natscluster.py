@@ -117,15 +117,29 @@ class NatsCluster:
     def nats_urls(self) -> list[str]:
         return [n.nats_url for n in self.nodes]
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 60.0, *, attempts: int = 2) -> None:
+        """Start every node and wait until each acknowledges an MQTT QoS1 publish.
+
+        A fresh cluster sometimes fails to place its MQTT streams while its peers are still joining
+        ("no suitable peers for placement") and never recovers; the whole cluster is then started again
+        on empty JetStream stores, at most ``attempts`` times in all, each bounded by ``timeout``.
+        """
         binary = nats_server_path()
         if binary is None:
             raise ClusterFailed("nats-server is not installed; install it (Debian: apt install nats-server)")
-        for node in self.nodes:
-            self.start_node(node, binary)
-        deadline = time.monotonic() + timeout
-        for node in self.nodes:
-            self._wait_mqtt(node, deadline)
+        for attempt in range(1, attempts + 1):
+            for node in self.nodes:
+                self.start_node(node, binary)
+            deadline = time.monotonic() + timeout
+            try:
+                for node in self.nodes:
+                    self._wait_mqtt(node, deadline)
+                return
+            except ClusterFailed:
+                if attempt == attempts:
+                    raise
+                for node in self.nodes:  # _wait_mqtt stopped the cluster; start over on empty stores
+                    shutil.rmtree(self.workdir / node.name / "js", ignore_errors=True)
 
     def start_node(self, node: Node, binary: str | None = None) -> None:
         home = self.workdir / node.name

@@ -41,15 +41,20 @@ def _by_device(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def _ok(value: Any) -> bool:
+    """A value a plot can take: a store written before values were checked may hold an infinity."""
+    return value is not None and math.isfinite(value)
+
+
 def _latency(rows: list[dict[str, Any]]) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 3.6))
     for device, series in sorted(_by_device(rows).items()):
-        pts = [r for r in series if r["p95"] is not None]
+        pts = [r for r in series if _ok(r["p95_ms"])]
         if not pts:
             continue
-        (line,) = ax.plot(_dates([r["received"] for r in pts]), [r["p95"] for r in pts], marker=".", label=device)
+        (line,) = ax.plot(_dates([r["received"] for r in pts]), [r["p95_ms"] for r in pts], marker=".", label=device)
         for prev, cur in itertools.pairwise(pts):
             if cur["package_version"] != prev["package_version"]:
                 ax.axvline(_dates([cur["received"]])[0], color=line.get_color(), alpha=0.3, linestyle=":")
@@ -66,7 +71,7 @@ def _power(rows: list[dict[str, Any]]) -> str:
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5.2), sharex=True)
     for device, series in sorted(_by_device(rows).items()):
-        pts = [r for r in series if r["power_w"] is not None]
+        pts = [r for r in series if _ok(r["power_w"])]
         if not pts:
             continue
         estimate = any(r["energy_is_estimate"] for r in pts)
@@ -74,7 +79,11 @@ def _power(rows: list[dict[str, Any]]) -> str:
         source = pts[-1]["power_source"]
         when = _dates([r["received"] for r in pts])
         top.plot(when, [r["power_w"] for r in pts], style, label=f"{device} ({source})")
-        energy = [(w, r["energy_mj"]) for w, r in zip(when, pts, strict=True) if r["energy_mj"] is not None]
+        energy = [
+            (w, r["energy_per_inference_mj"])
+            for w, r in zip(when, pts, strict=True)
+            if _ok(r["energy_per_inference_mj"])
+        ]
         if energy:
             bottom.plot([e[0] for e in energy], [e[1] for e in energy], style, label=device)
     top.set_ylabel("power (W)")
@@ -156,7 +165,7 @@ def write_report(store: Any, fleet: str, out: Path, *, since: float) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
-    from edgekit.cli.fleet import status_rows
+    from edgekit.fleet.status import status_rows
 
     telemetry = store.telemetry(fleet, since=since)
     rollouts = store.rollouts(fleet)
@@ -173,8 +182,8 @@ def write_report(store: Any, fleet: str, out: Path, *, since: float) -> Path:
     def cell(v: Any) -> str:
         return e("–" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v)))
 
-    cols = ("device", "profile", "online", "package", "version", "runtime", "p50_ms", "p95_ms", "inferences_per_s",
-            "power_w", "power_source", "energy_mj_per_inference")  # fmt: skip
+    cols = ("device", "profile", "online", "package", "version", "runtime", "p50_ms", "p95_ms", "throughput_per_s",
+            "power_w", "power_source", "energy_per_inference_mj", "stuck", "stuck_reason")  # fmt: skip
     head = "".join(f"<th>{e(c)}</th>" for c in cols)
     body = "".join("<tr>" + "".join(f"<td>{cell(r[c])}</td>" for c in cols) + "</tr>" for r in status)
 

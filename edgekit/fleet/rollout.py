@@ -124,7 +124,7 @@ def find(store: Store, fleet: str, rollout_id: str | None) -> dict[str, Any]:
 
 
 def _median_p95(rows: list[dict[str, Any]]) -> float | None:
-    values = [r["p95"] for r in rows if r["p95"] is not None and (r["inferences"] or 0) > 0]
+    values = [r["p95_ms"] for r in rows if r["p95_ms"] is not None and (r["inferences"] or 0) > 0]
     return statistics.median(values) if values else None
 
 
@@ -241,6 +241,8 @@ class Runner:
                 mine = body.get("sha256") in (None, self.release.desired.sha256)
                 if event["kind"] == "ignored" and mine and event["received"] >= wave["started"]:
                     return f"{event['device']} ignored the package: {body.get('reason', '?')}"
+                if event["kind"] == "stuck" and body.get("version") == version and event["received"] >= wave["started"]:
+                    return f"{event['device']} is stuck after {body.get('resends')} resends ({body.get('reason', '?')})"
             if done == devices:
                 return None
             if self.clock() > deadline:

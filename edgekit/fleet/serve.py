@@ -50,8 +50,10 @@ class PackageServer:
     session: str | None = None  # a persistent session: what devices report while serve is down is kept
     share: str | None = None  # a shared-subscription group: several serve workers split the messages
     nats: str | None = None  # NATS URL(s): take requests and reports from a NATS queue group instead of MQTT
+    reconcile_grace: float = 0.0  # > 0 (with ingest): resend desired to devices divergent this long
     served: int = 0
     refused: int = 0
+    failures: int = 0  # unexpected errors while answering (each logged); the workers carry on
     _index: dict[str, Path] = field(default_factory=dict)
     _fds: dict[str, int] = field(default_factory=dict)
     _queue: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=1024))
@@ -94,7 +96,12 @@ class PackageServer:
             self.refused += 1
             return ChunkResponse(request.request_id, request.sha256, request.offset, b"", "",
                                  error=f"no package with sha256 {request.sha256[:12]}… in the repository")  # fmt: skip
-        data = os.pread(fd, request.length, request.offset)
+        size = os.fstat(fd).st_size
+        if request.offset >= size:
+            self.refused += 1
+            error = f"offset {request.offset} is past the end of the package ({size} bytes)"
+            return ChunkResponse(request.request_id, request.sha256, request.offset, b"", "", error=error)
+        data = os.pread(fd, min(request.length, size - request.offset), request.offset)
         self.served += 1
         key = (request.sha256, request.offset, len(data))
         digest = self._chunk_hashes.get(key)
@@ -117,18 +124,32 @@ class PackageServer:
             self.refused += 1  # a malformed or excess request: the device times out and asks again
 
     def _work(self) -> None:
+        """One chunk worker. A request that fails in an unexpected way is logged and counted, and the worker
+        goes on: an exception here once ended the thread, and no device got a chunk again while serve looked
+        healthy."""
         while not self._stop.is_set():
             try:
                 fleet, device, request = self._queue.get(timeout=0.5)
             except queue.Empty:
                 continue
-            response = self.answer(request)
-            if response is not None:
-                self.client.publish(topic(fleet, device, "chunk/response"), response.to_bytes(), qos=0)
+            try:
+                response = self.answer(request)
+                if response is not None:
+                    self.client.publish(topic(fleet, device, "chunk/response"), response.to_bytes(), qos=0)
+            except Exception:
+                self.failures += 1
+                log.exception("answering a chunk request of %s/%s failed", fleet, device)
 
     def start(self) -> None:
+        self.reconciler = None
         if self.ingest is not None:
             self.ingest.start()
+            if self.reconcile_grace > 0:
+                from edgekit.fleet.reconcile import Reconciler, mqtt_publisher
+
+                self.reconciler = Reconciler(self.ingest.store.url, mqtt_publisher(self.broker),
+                                             grace=self.reconcile_grace)  # fmt: skip
+                self.reconciler.start()
         if self.nats:
             self._nats = NatsTransport(self, self.nats, group=self.share or "edgekit-serve")
             self._nats.start()
@@ -142,8 +163,17 @@ class PackageServer:
         for _ in range(self.workers):
             threading.Thread(target=self._work, daemon=True, name="edgekit-serve").start()
 
+    @property
+    def healthy(self) -> bool:
+        """False when a thread serve depends on has died (the ingest writer, the reconciler; chunk workers
+        never die)."""
+        reconciler = getattr(self, "reconciler", None)
+        return (self.ingest is None or self.ingest.healthy) and (reconciler is None or reconciler.healthy)
+
     def stop(self) -> None:
         self._stop.set()
+        if getattr(self, "reconciler", None) is not None:
+            self.reconciler.stop()
         if self.nats:
             self._nats.stop()
         else:
@@ -254,6 +284,10 @@ class NatsTransport:
             except ProtocolError:
                 self.server.refused += 1
                 return
+            except Exception:  # never let one request end the subscription's callback task for good
+                self.server.failures += 1
+                log.exception("answering a chunk request on %s failed", msg.subject[:200])
+                return
             if response is not None:
                 await nc.publish(subject_of(topic(fleet, device, "chunk/response")), response.to_bytes())
 
@@ -329,6 +363,11 @@ class NatsTransport:
                 continue
             except nats.errors.Error:
                 await asyncio.sleep(0.5)  # a node went away or a consumer leader is being elected
+                continue
+            except Exception:  # supervised: the consumer loop is the only way reports get in
+                self.server.failures += 1
+                log.exception("pulling reports from the NATS cluster failed; pulling again")
+                await asyncio.sleep(0.5)
                 continue
             for msg in batch:
                 name = topic_of(msg.subject[len(self.MQTT_PREFIX) :])

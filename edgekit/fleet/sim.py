@@ -28,6 +28,7 @@ from typing import Any
 
 from edgekit_agent.brokers import reread_retained
 from edgekit_agent.protocol import ChunkRequest, ChunkResponse, Desired, ProtocolError, dumps, loads, parse_topic, topic
+from edgekit_agent.schema import telemetry_message
 from edgekit_agent.transfer import Transfer, TransferError
 
 from edgekit.fleet import mqtt
@@ -171,13 +172,12 @@ class SimDevice:
 
     def telemetry(self, seq: int, interval: float) -> None:
         p50 = self._rng.uniform(0.8, 1.2)
-        body = {"interval_s": interval, "inferences": 10, "errors": 0, "throughput_per_s": 10 / interval,
-                "latency_ms": {"p50": p50, "p95": p50 * 1.4, "p99": p50 * 1.8}, "cpu_percent": 5.0,
-                "rss_bytes": 50 << 20, "temperature_c": None,
-                "power": {"watts": None, "source": "none", "measured": False},
-                "energy_per_inference_mj": None, "energy_is_estimate": True, "dropped_messages": 0,
-                "package": self.package, "runtime": None, "simulated": True, "seq": seq,
-                "time": _now()}  # fmt: skip
+        body = telemetry_message({
+            "interval_s": interval, "inferences": 10, "errors": 0, "throughput_per_s": 10 / interval,
+            "p50_ms": p50, "p95_ms": p50 * 1.4, "p99_ms": p50 * 1.8, "cpu_percent": 5.0, "rss_bytes": 50 << 20,
+            "temperature_c": None, "power_w": None, "power_source": "none", "energy_per_inference_mj": None,
+            "energy_is_estimate": True, "dropped_messages": 0,
+        }) | {"package": self.package, "runtime": None, "simulated": True, "seq": seq, "time": _now()}  # fmt: skip
         self.published += 1
         self._client.publish(topic(self.fleet, self.device, "telemetry"), dumps(body), qos=1)
         self.sent += 1

@@ -1,8 +1,11 @@
 """The fleet store: what devices reported (state, telemetry, events), what was deployed, rollout state.
 
 One schema for SQLite (the default, a file next to you) and PostgreSQL (``postgresql://…``, for several
-serve workers and large fleets). Plain DB-API through ``sqlite3`` / ``psycopg``: eight tables and a dozen
-queries do not need an ORM, and the agent-facing code stays free of one.
+serve workers and large fleets). Plain DB-API through ``sqlite3`` / ``psycopg``: nine tables and a dozen
+queries do not need an ORM, and the agent-facing code stays free of one. The schema is versioned
+(``schema_version``) and changed only by the ordered ``MIGRATIONS``, applied when a store is opened, so a
+user's ``fleet.db`` or PostgreSQL store survives an upgrade; a store newer than the code is refused.
+Telemetry columns are the fields of ``edgekit_agent.schema.TELEMETRY`` under the same names.
 
 Every device message is stored under the sha256 of its topic + payload: a QoS1 redelivery (same bytes)
 hits the primary key and is ignored (``ON CONFLICT DO NOTHING``, both engines), so ingest is idempotent
@@ -13,16 +16,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from edgekit_agent import schema
+from edgekit_agent.protocol import ProtocolError, parse_topic
 
 from edgekit.errors import EdgekitError
 
@@ -35,42 +42,74 @@ class UnknownDevice(EdgekitError):
     pass
 
 
-SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS devices (
-        fleet TEXT NOT NULL, device TEXT NOT NULL, profile TEXT, status TEXT,
-        package_name TEXT, package_version TEXT, package_counter BIGINT, runtime TEXT,
-        capabilities TEXT, labels TEXT NOT NULL DEFAULT '{}', last_seen DOUBLE PRECISION,
-        PRIMARY KEY (fleet, device))""",
-    """CREATE TABLE IF NOT EXISTS telemetry (
-        fleet TEXT NOT NULL, device TEXT NOT NULL, digest TEXT NOT NULL, t DOUBLE PRECISION NOT NULL,
-        received DOUBLE PRECISION NOT NULL, package_version TEXT, runtime TEXT, interval_s DOUBLE PRECISION,
-        inferences BIGINT, errors BIGINT, throughput DOUBLE PRECISION, p50 DOUBLE PRECISION,
-        p95 DOUBLE PRECISION, p99 DOUBLE PRECISION, cpu_percent DOUBLE PRECISION, rss_bytes BIGINT,
-        temperature_c DOUBLE PRECISION, power_w DOUBLE PRECISION, power_source TEXT,
-        energy_mj DOUBLE PRECISION, energy_is_estimate INTEGER, dropped BIGINT,
-        PRIMARY KEY (fleet, device, digest))""",
-    "CREATE INDEX IF NOT EXISTS telemetry_by_time ON telemetry (fleet, device, received)",
-    """CREATE TABLE IF NOT EXISTS events (
-        fleet TEXT NOT NULL, device TEXT NOT NULL, digest TEXT NOT NULL, t DOUBLE PRECISION NOT NULL,
-        received DOUBLE PRECISION NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL,
-        PRIMARY KEY (fleet, device, digest))""",
-    "CREATE INDEX IF NOT EXISTS events_by_time ON events (fleet, received)",
-    """CREATE TABLE IF NOT EXISTS deployments (
-        fleet TEXT NOT NULL, device TEXT NOT NULL, t DOUBLE PRECISION NOT NULL, name TEXT NOT NULL,
-        version TEXT NOT NULL, sha256 TEXT NOT NULL, counter BIGINT NOT NULL, size BIGINT NOT NULL,
-        path TEXT, rollout TEXT, PRIMARY KEY (fleet, device, t))""",
-    """CREATE TABLE IF NOT EXISTS rollouts (
-        id TEXT PRIMARY KEY, fleet TEXT NOT NULL, status TEXT NOT NULL, created DOUBLE PRECISION NOT NULL,
-        updated DOUBLE PRECISION NOT NULL, body TEXT NOT NULL)""",
-]
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    what: str
+    statements: tuple[str, ...]
 
-TELEMETRY_COLUMNS = (
-    "fleet", "device", "digest", "t", "received", "package_version", "runtime", "interval_s", "inferences", "errors",
-    "throughput", "p50", "p95", "p99", "cpu_percent", "rss_bytes", "temperature_c", "power_w", "power_source",
-    "energy_mj", "energy_is_estimate", "dropped",
+
+# Ordered and append-only: a released migration is never edited (stores in the field already ran it).
+# Version 1 is the schema edgekit wrote before migrations existed, so an unversioned store is at version 1.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "devices, telemetry, events, deployments, rollouts", (
+        """CREATE TABLE IF NOT EXISTS devices (
+            fleet TEXT NOT NULL, device TEXT NOT NULL, profile TEXT, status TEXT,
+            package_name TEXT, package_version TEXT, package_counter BIGINT, runtime TEXT,
+            capabilities TEXT, labels TEXT NOT NULL DEFAULT '{}', last_seen DOUBLE PRECISION,
+            PRIMARY KEY (fleet, device))""",
+        """CREATE TABLE IF NOT EXISTS telemetry (
+            fleet TEXT NOT NULL, device TEXT NOT NULL, digest TEXT NOT NULL, t DOUBLE PRECISION NOT NULL,
+            received DOUBLE PRECISION NOT NULL, package_version TEXT, runtime TEXT, interval_s DOUBLE PRECISION,
+            inferences BIGINT, errors BIGINT, throughput DOUBLE PRECISION, p50 DOUBLE PRECISION,
+            p95 DOUBLE PRECISION, p99 DOUBLE PRECISION, cpu_percent DOUBLE PRECISION, rss_bytes BIGINT,
+            temperature_c DOUBLE PRECISION, power_w DOUBLE PRECISION, power_source TEXT,
+            energy_mj DOUBLE PRECISION, energy_is_estimate INTEGER, dropped BIGINT,
+            PRIMARY KEY (fleet, device, digest))""",
+        "CREATE INDEX IF NOT EXISTS telemetry_by_time ON telemetry (fleet, device, received)",
+        """CREATE TABLE IF NOT EXISTS events (
+            fleet TEXT NOT NULL, device TEXT NOT NULL, digest TEXT NOT NULL, t DOUBLE PRECISION NOT NULL,
+            received DOUBLE PRECISION NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL,
+            PRIMARY KEY (fleet, device, digest))""",
+        "CREATE INDEX IF NOT EXISTS events_by_time ON events (fleet, received)",
+        """CREATE TABLE IF NOT EXISTS deployments (
+            fleet TEXT NOT NULL, device TEXT NOT NULL, t DOUBLE PRECISION NOT NULL, name TEXT NOT NULL,
+            version TEXT NOT NULL, sha256 TEXT NOT NULL, counter BIGINT NOT NULL, size BIGINT NOT NULL,
+            path TEXT, rollout TEXT, PRIMARY KEY (fleet, device, t))""",
+        """CREATE TABLE IF NOT EXISTS rollouts (
+            id TEXT PRIMARY KEY, fleet TEXT NOT NULL, status TEXT NOT NULL, created DOUBLE PRECISION NOT NULL,
+            updated DOUBLE PRECISION NOT NULL, body TEXT NOT NULL)""",
+    )),
+    Migration(2, "telemetry columns take the schema's one name per field; quarantine for refused messages", (
+        "ALTER TABLE telemetry RENAME COLUMN throughput TO throughput_per_s",
+        "ALTER TABLE telemetry RENAME COLUMN p50 TO p50_ms",
+        "ALTER TABLE telemetry RENAME COLUMN p95 TO p95_ms",
+        "ALTER TABLE telemetry RENAME COLUMN p99 TO p99_ms",
+        "ALTER TABLE telemetry RENAME COLUMN energy_mj TO energy_per_inference_mj",
+        "ALTER TABLE telemetry RENAME COLUMN dropped TO dropped_messages",
+        """CREATE TABLE quarantine (
+            digest TEXT PRIMARY KEY, received DOUBLE PRECISION NOT NULL, fleet TEXT, device TEXT,
+            topic TEXT NOT NULL, payload TEXT NOT NULL, reason TEXT NOT NULL)""",
+        "CREATE INDEX quarantine_by_time ON quarantine (received)",
+    )),
+    Migration(3, "the reconciler: a lease (one worker reconciles) and each device's resends", (
+        """CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires DOUBLE PRECISION NOT NULL)""",
+        """CREATE TABLE reconcile (
+            fleet TEXT NOT NULL, device TEXT NOT NULL, counter BIGINT NOT NULL, divergent_since DOUBLE PRECISION,
+            resends INTEGER NOT NULL DEFAULT 0, last_resend DOUBLE PRECISION, next_resend DOUBLE PRECISION,
+            stuck INTEGER NOT NULL DEFAULT 0, reason TEXT, PRIMARY KEY (fleet, device))""",
+    )),
 )  # fmt: skip
-METRICS = ("p50", "p95", "p99", "throughput", "inferences", "errors", "cpu_percent", "rss_bytes", "power_w",
-           "energy_mj", "temperature_c")  # fmt: skip
+SCHEMA_VERSION = MIGRATIONS[-1].version
+# the row a telemetry message becomes: where it came from, then every schema field under its one name
+TELEMETRY_COLUMNS = ("fleet", "device", "digest", "t", "received", "package_version", "runtime",
+                     *(f.name for f in schema.TELEMETRY))  # fmt: skip
+METRICS = schema.METRICS
+TABLES = ("devices", "telemetry", "events", "deployments", "rollouts", "quarantine", "reconcile")
+
+
+class StoreTooNew(EdgekitError):
+    pass
 
 
 def digest(topic: str, payload: bytes) -> str:
@@ -78,18 +117,28 @@ def digest(topic: str, payload: bytes) -> str:
 
 
 def parse_time(value: Any, default: float) -> float:
-    """A device's ISO-8601 ``time`` as epoch seconds; its absence or garbage falls back to arrival time."""
-    if not isinstance(value, str):
+    """A device's ISO-8601 ``time`` as epoch seconds; its absence, garbage or an unset clock falls back to
+    ``default`` (the arrival time)."""
+    if not isinstance(value, str) or len(value) > 64:
         return default
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except (ValueError, OverflowError, OSError):
         return default
+    # a clock that was never set (1970 on a board without an RTC) or runs years ahead is not a time to plot
+    return t if math.isfinite(t) and _EPOCH_2000 <= t <= default + 366 * 86400 else default
+
+
+_EPOCH_2000 = 946684800.0
 
 
 @dataclass(frozen=True)
 class Message:
-    """One device message as received: the ingest unit."""
+    """One device message as received and checked against the schema: the ingest unit.
+
+    ``record`` holds the checked values (see :func:`check`); the store writes only those, so a payload
+    that passed the boundary cannot carry a wrongly typed value into a statement.
+    """
 
     fleet: str
     device: str
@@ -97,44 +146,112 @@ class Message:
     body: dict[str, Any]
     digest: str
     received: float
+    record: dict[str, Any] = field(default_factory=dict)
 
 
-def _num(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+def check(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The values of a ``kind`` message the store keeps, checked against the schema (ProtocolError if not)."""
+    if kind == "telemetry":
+        record = schema.read_telemetry(body)
+        package = schema.read_package(body)
+        record["package_version"] = package["version"] if package else None
+        record["runtime"] = schema.check_value(body.get("runtime"), "str", "runtime")
+    elif kind == "state":
+        record = schema.read_state(body)
+        record["capabilities"] = _bounded_json(record["capabilities"], "capabilities")
+    elif kind == "events":
+        event = schema.check_value(body.get("kind", "unknown"), "str", "kind")
+        record = {"kind": (event or "unknown")[:64], "body": _bounded_json(body, "event")}
+    else:
+        raise ProtocolError(f"{kind} messages are not stored")
+    return record
 
 
-def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+def _bounded_json(value: Any, what: str, limit: int = 64 * 1024) -> str:
+    try:
+        text = json.dumps(value, sort_keys=True, allow_nan=False)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"{what} cannot be stored as JSON ({exc})") from None
+    if len(text) > limit:
+        raise ProtocolError(f"{what} is over {limit} bytes of JSON")
+    return text
+
+
+def message(fleet: str, device: str, kind: str, body: dict[str, Any], dig: str, received: float) -> Message:
+    """A checked :class:`Message`; ProtocolError names the first field that breaks the schema."""
+    return Message(fleet, device, kind, body, dig, received, check(kind, body))
 
 
 def _telemetry_row(m: Message) -> tuple:
-    b = m.body
-    latency = b.get("latency_ms") if isinstance(b.get("latency_ms"), dict) else {}
-    power = b.get("power") if isinstance(b.get("power"), dict) else {}
-    package = b.get("package") if isinstance(b.get("package"), dict) else {}
-    return (
-        m.fleet, m.device, m.digest, parse_time(b.get("time"), m.received), m.received,
-        str(package.get("version")) if package.get("version") is not None else None,
-        b.get("runtime") if isinstance(b.get("runtime"), str) else None,
-        _num(b.get("interval_s")), _int(b.get("inferences")), _int(b.get("errors")), _num(b.get("throughput_per_s")),
-        _num(latency.get("p50")), _num(latency.get("p95")), _num(latency.get("p99")), _num(b.get("cpu_percent")),
-        _int(b.get("rss_bytes")), _num(b.get("temperature_c")), _num(power.get("watts")),
-        power.get("source") if isinstance(power.get("source"), str) else None,
-        _num(b.get("energy_per_inference_mj")), 1 if b.get("energy_is_estimate") else 0,
-        _int(b.get("dropped_messages")),
-    )  # fmt: skip
+    r = m.record
+    fields = [int(r[f.name]) if f.kind == "bool" and r[f.name] is not None else r[f.name] for f in schema.TELEMETRY]
+    return (m.fleet, m.device, m.digest, parse_time(m.body.get("time"), m.received), m.received,
+            r["package_version"], r["runtime"], *fields)  # fmt: skip
 
 
 class Store:
     """A connection to the fleet database. One per thread: the serve writer owns its own."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
         self.url = url
         self.engine, self._conn = _connect(url)
         self._lock = threading.Lock()
+        self.applied: list[Migration] = self.migrate() if migrate else []
+
+    # -- schema versions ------------------------------------------------------------------------------
+    def version(self) -> int:
+        """The store's schema version: 0 when empty, 1 for a store written before versions were recorded."""
         with self.tx() as cur:
-            for statement in SCHEMA:
-                cur.execute(statement)
+            if self._has_table(cur, "schema_version"):
+                cur.execute("SELECT MAX(version) FROM schema_version")
+                return int(cur.fetchone()[0] or 0)
+            return 1 if self._has_table(cur, "telemetry") else 0
+
+    def _has_table(self, cur: Any, name: str) -> bool:
+        if self.engine == "sqlite":
+            cur.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+        else:
+            cur.execute("SELECT 1 FROM information_schema.tables WHERE table_name = ? AND "
+                        "table_schema = current_schema()", (name,))  # fmt: skip
+        return cur.fetchone() is not None
+
+    def migrate(self) -> list[Migration]:
+        """Apply the migrations this store lacks, each in its own transaction; returns those applied.
+
+        Several serve workers may start at once against one PostgreSQL store: each migration runs under
+        a transaction-scoped advisory lock and re-reads the version inside it, so exactly one applies it.
+        SQLite's ``BEGIN IMMEDIATE`` takes the write lock for the same effect.
+        """
+        applied = []
+        for migration in MIGRATIONS:
+            with self.tx() as cur:
+                cur.execute("BEGIN IMMEDIATE" if self.engine == "sqlite" else "SELECT pg_advisory_xact_lock(74657)")
+                current = self._version_in(cur)
+                if current > SCHEMA_VERSION:
+                    raise StoreTooNew(
+                        f"the store {_shown(self.url)} is at schema version {current}, newer than this edgekit "
+                        f"knows ({SCHEMA_VERSION}); upgrade edgekit (pip install -U edgekit) or use another --db"
+                    )
+                if current < migration.version:
+                    for statement in migration.statements:
+                        cur.execute(statement)
+                    cur.execute("INSERT INTO schema_version (version, applied, what) VALUES (?, ?, ?)",
+                                (migration.version, time.time(), migration.what))  # fmt: skip
+                    applied.append(migration)
+        return applied
+
+    def _version_in(self, cur: Any) -> int:
+        cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
+                    "applied DOUBLE PRECISION NOT NULL, what TEXT NOT NULL)")  # fmt: skip
+        cur.execute("SELECT MAX(version) FROM schema_version")
+        recorded = cur.fetchone()[0]
+        if recorded is not None:
+            return int(recorded)
+        if self._has_table(cur, "telemetry"):  # written before versions were recorded: version 1
+            cur.execute("INSERT INTO schema_version (version, applied, what) VALUES (?, ?, ?)",
+                        (1, time.time(), MIGRATIONS[0].what + " (found, not recorded)"))  # fmt: skip
+            return 1
+        return 0
 
     # -- plumbing -------------------------------------------------------------------------------------
     def _sql(self, sql: str) -> str:
@@ -168,7 +285,7 @@ class Store:
         telemetry = [_telemetry_row(m) for m in messages if m.kind == "telemetry"]
         events = [
             (m.fleet, m.device, m.digest, parse_time(m.body.get("time"), m.received), m.received,
-             str(m.body.get("kind", "unknown"))[:64], json.dumps(m.body, sort_keys=True))
+             m.record["kind"], m.record["body"])
             for m in messages if m.kind == "events"
         ]  # fmt: skip
         # Device rows are locked in one (fleet, device) order per transaction, each device's states (in
@@ -205,32 +322,52 @@ class Store:
         return new + sum(len(v) for v in states.values())
 
     def _upsert_state(self, cur: Any, m: Message) -> None:
-        b = m.body
-        status = b.get("status") if b.get("status") in ("online", "offline") else "unknown"
-        profile = b.get("profile") if isinstance(b.get("profile"), str) else None
+        r = m.record
         cur.execute(
             "INSERT INTO devices (fleet, device, profile, status, last_seen) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (fleet, device) DO UPDATE SET status = excluded.status, last_seen = excluded.last_seen, "
             "profile = COALESCE(excluded.profile, devices.profile)",
-            (m.fleet, m.device, profile, status, m.received),
+            (m.fleet, m.device, r["profile"], r["status"], m.received),
         )
-        if status != "online":
+        if r["status"] != "online":
             return  # the last will is composed at connect time: its package field may be stale
-        package = b.get("package") if isinstance(b.get("package"), dict) else None
-        caps = b.get("capabilities") if isinstance(b.get("capabilities"), dict) else {}
+        package = r["package"] or {}
         cur.execute(
             "UPDATE devices SET package_name = ?, package_version = ?, package_counter = ?, runtime = ?, "
             "capabilities = ? WHERE fleet = ? AND device = ?",
-            (
-                package.get("name") if package else None,
-                str(package.get("version")) if package else None,
-                _int(package.get("counter")) if package else None,
-                b.get("runtime") if isinstance(b.get("runtime"), str) else None,
-                json.dumps(caps, sort_keys=True),
-                m.fleet,
-                m.device,
-            ),
-        )
+            (package.get("name"), package.get("version"), package.get("counter"), r["runtime"], r["capabilities"],
+             m.fleet, m.device),
+        )  # fmt: skip
+
+    def quarantine(self, items: list[tuple[str, bytes, str, float]]) -> int:
+        """Keep messages the store refused: (topic, payload, reason, received). The same bytes are kept once,
+        so a retained poison message delivered again on every subscribe adds nothing; returns rows added."""
+        rows = []
+        for topic, payload, reason, received in items:
+            try:
+                fleet, device, _ = parse_topic(topic)
+            except ProtocolError:
+                fleet = device = None
+            text = payload[:2048].decode("utf-8", "replace").replace("\0", "")
+            clean_topic = topic[:512].replace("\0", "")
+            rows.append((digest(topic, payload), received, fleet, device, clean_topic, text, reason[:500]))
+        with self.tx() as cur:
+            return cur.insert_many(
+                "INSERT INTO quarantine (digest, received, fleet, device, topic, payload, reason) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                rows,
+            )
+
+    def quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
+        return self.query("SELECT * FROM quarantine ORDER BY received DESC LIMIT ?", (limit,))
+
+    def ping(self) -> bool:
+        """True when the store answers a trivial query: tells a refused message from a store that is down."""
+        try:
+            self.query("SELECT 1 AS one")
+        except Exception:
+            return False
+        return True
 
     # -- devices and groups ---------------------------------------------------------------------------
     def devices(self, fleet: str, device: str | None = None) -> list[dict[str, Any]]:
@@ -333,10 +470,66 @@ class Store:
         return rows[::-1]
 
     def counts(self) -> dict[str, int]:
-        return {
-            table: self.query(f"SELECT COUNT(*) AS n FROM {table}")[0]["n"]
-            for table in ("devices", "telemetry", "events", "deployments", "rollouts")
-        }
+        return {table: self.query(f"SELECT COUNT(*) AS n FROM {table}")[0]["n"] for table in TABLES}
+
+    # -- reconciler ---------------------------------------------------------------------------------------
+    def take_lease(self, name: str, holder: str, ttl: float) -> bool:
+        """Hold (or renew) lease ``name`` for ``ttl`` seconds; False while another holder's lease runs.
+
+        A row, not a PostgreSQL advisory lock, so the same code works on SQLite, and a worker that dies
+        (or loses its database) hands over once its lease expires: at most ``ttl`` later.
+        """
+        now = time.time()
+        with self.tx() as cur:
+            cur.execute(
+                "INSERT INTO leases (name, holder, expires) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "holder = excluded.holder, expires = excluded.expires WHERE leases.holder = excluded.holder "
+                "OR leases.expires < ?",
+                (name, holder, now + ttl, now),
+            )
+            cur.execute("SELECT holder FROM leases WHERE name = ?", (name,))
+            return cur.fetchone()[0] == holder
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self.tx() as cur:
+            cur.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+    def desired_now(self) -> list[dict[str, Any]]:
+        """Each device's latest deployment (what it should run), over every fleet."""
+        return self.query(
+            "SELECT d.* FROM deployments d JOIN (SELECT fleet, device, MAX(t) AS m FROM deployments "
+            "GROUP BY fleet, device) last ON d.fleet = last.fleet AND d.device = last.device AND d.t = last.m"
+        )
+
+    def reconcile_rows(self, fleet: str | None = None) -> dict[tuple[str, str], dict[str, Any]]:
+        rows = self.query("SELECT * FROM reconcile" + (" WHERE fleet = ?" if fleet else ""), (fleet,) if fleet else ())
+        return {(r["fleet"], r["device"]): r for r in rows}
+
+    def save_reconcile(self, row: dict[str, Any]) -> None:
+        cols = ("fleet", "device", "counter", "divergent_since", "resends", "last_resend", "next_resend", "stuck",
+                "reason")  # fmt: skip
+        with self.tx() as cur:
+            cur.execute(
+                f"INSERT INTO reconcile ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+                "ON CONFLICT (fleet, device) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in cols[2:]),
+                tuple(row.get(c) for c in cols),
+            )
+
+    def forget_reconcile(self, fleet: str, device: str) -> None:
+        with self.tx() as cur:
+            cur.execute("DELETE FROM reconcile WHERE fleet = ? AND device = ?", (fleet, device))
+
+    def record_host_event(self, fleet: str, device: str, kind: str, body: dict[str, Any]) -> None:
+        """An event the host itself observed about a device (``resent_desired``, ``stuck``), with its own."""
+        now = time.time()
+        text = json.dumps({"kind": kind, "source": "host", **body}, sort_keys=True)
+        with self.tx() as cur:
+            cur.execute(
+                "INSERT INTO events (fleet, device, digest, t, received, kind, body) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (fleet, device, digest(f"host/{fleet}/{device}/{kind}", f"{now}{text}".encode()), now, now, kind,
+                 text),
+            )  # fmt: skip
 
     # -- rollouts -------------------------------------------------------------------------------------
     def save_rollout(self, rollout: dict[str, Any]) -> None:
@@ -396,6 +589,12 @@ def _connect(url: str) -> tuple[str, Any]:
             ) from None
         return "postgresql", conn
     raise StoreUnreachable(f"--db {url!r} must be sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
+
+
+def _shown(url: str) -> str:
+    """``url`` without a password, for messages."""
+    parsed = urlparse(url)
+    return url if not parsed.password else url.replace(f":{parsed.password}@", ":***@")
 
 
 def default_db() -> str:

@@ -457,3 +457,21 @@ def test_a_full_disk_during_download_keeps_the_old_model_and_the_download_resume
     answer(host, 2.0)
     resumed = host.wait_for(lambda: [e for e in host.events("download") if e["resumed_chunks"] > 0], "a resume", 30)
     assert resumed[-1]["resumed_chunks"] >= held - 1  # a torn last record costs one chunk
+
+
+def test_a_restarted_agent_says_busy_while_it_loads_and_requests_sent_while_it_was_away_are_not_answered(world):
+    """Requests are interactive (docs/protocol.md): one published while no agent is subscribed is not kept
+    for it (clean session), and one that arrives while the installed model loads is told to ask again,
+    never that nothing is installed."""
+    host = install_v1(world)
+    world["agents"][0].stop()
+    host.publish("infer/request", json.dumps({"id": "while-away", "inputs": {"x": encode(X)}}).encode())
+    world["agent"]()
+    answers = []
+    deadline = time.monotonic() + 30
+    while not any("outputs" in a for a in answers):
+        assert time.monotonic() < deadline, answers[-3:]
+        answers.append(host.infer({"x": encode(X)}, timeout=10))
+    assert all("outputs" in a or a["error"].startswith("busy: loading") for a in answers), answers
+    time.sleep(1.0)
+    assert not [r for r in host.messages["infer/response"] if isinstance(r, dict) and r.get("id") == "while-away"]

@@ -61,7 +61,8 @@ def fleet(tmp_path, broker, monkeypatch, cli):
     for name, value in (("BROKER", broker.url), ("DB", db), ("FLEET", "lab"), ("PACKAGES", str(repo))):
         monkeypatch.setenv(f"EDGEKIT_{name}", value)
     ingest = Ingest(Store(db))
-    server = PackageServer(repo, broker.url, ingest=ingest)
+    # a short grace: a reconciler that resent to a device mid-update or converged would show in the tests
+    server = PackageServer(repo, broker.url, ingest=ingest, reconcile_grace=3.0)
     server.start()
     agents = []
     for device in DEVICES:
@@ -98,7 +99,7 @@ def serving_everywhere(f, version: str) -> None:
     # enough telemetry on this version for a baseline
     wait_until(
         lambda: all(
-            len([r for r in f["store"].telemetry("lab", d) if r["package_version"] == version and r["p95"]]) >= 3
+            len([r for r in f["store"].telemetry("lab", d) if r["package_version"] == version and r["p95_ms"]]) >= 3
             for d in DEVICES
         ),
         f"telemetry on {version}",
@@ -123,7 +124,7 @@ def test_deploy_status_history_events_label_report(fleet):
     code, out, _ = cli("fleet", "watch", "--count", "2", "--interval", "0.1")
     assert code == 0 and "dev-1" in out and "tiny@v1" in out
 
-    code, out, _ = cli("fleet", "history", "dev-1", "--metric", "p95", "--since", "10m", "--format", "json")
+    code, out, _ = cli("fleet", "history", "dev-1", "--metric", "p95_ms", "--since", "10m", "--format", "json")
     points = json.loads(out)
     assert code == 0 and len(points) >= 3 and all(p["version"] in (None, "v1") for p in points)
     code, out, _ = cli("fleet", "events", "--device", "dev-2", "--format", "json")
@@ -166,10 +167,13 @@ def test_rollout_stops_a_slower_model_in_the_first_wave_and_rolls_back_then_a_he
     serving_everywhere(f, "v1")
 
     slow = f["package"]("v2-slow", counter=11, heavy=True)
+
     # the slow model is ~20x slower; a 100% limit keeps the healthy rollout clear of this shared machine's noise
-    args = ["--group", "all", "--waves", "1,100%", "--min-soak", "3s", "--max-p95-regression", "100%",
-            "--install-timeout", "90s", "--key", f["keys"][0]]  # fmt: skip
-    code, out, err = cli("rollout", slow, *args, "--format", "json")
+    def args(p95_limit: str) -> list[str]:
+        return ["--group", "all", "--waves", "1,100%", "--min-soak", "3s", "--max-p95-regression", p95_limit,
+                "--install-timeout", "90s", "--key", f["keys"][0], "--format", "json"]  # fmt: skip
+
+    code, out, err = cli("rollout", slow, *args("100%"))
     doc = json.loads(out)
     assert code == 3, json.dumps({k: doc[k] for k in ("waves", "log", "status")})
     assert doc["status"] == "rolled_back" and doc["waves"][0]["status"] == "breached"
@@ -183,15 +187,19 @@ def test_rollout_stops_a_slower_model_in_the_first_wave_and_rolls_back_then_a_he
     code, out, _ = cli("rollout", "status", "--format", "json")
     assert json.loads(out)["status"] == "rolled_back"
 
-    # counters default to the issue time in seconds, as the re-issued v1's does: v3 is newer than both
+    # counters default to the issue time in seconds, as the re-issued v1's does: v3 is newer than both.
+    # v3 is as fast as v1, but a 0.2 ms p95 can triple when another process takes the core (seen: +238 %
+    # while a MiniLM packaging ran beside the suite): this half is about convergence, so its limit is out
+    # of noise's reach, while the ~20x slower v2 above is caught at +100 %.
     healthy = f["package"]("v3", counter=int(time.time()) + 60)
-    code, out, err = cli("rollout", healthy, *args, "--format", "json")
+    code, out, err = cli("rollout", healthy, *args("2000%"))
     doc = json.loads(out)
     assert code == 0, json.dumps({k: doc[k] for k in ("waves", "log", "status")})
     assert doc["status"] == "completed" and [w["status"] for w in doc["waves"]] == ["healthy", "healthy"]
     assert set(versions(f["store"]).values()) == {"v3"}
     code, out, _ = cli("rollout", "status")
     assert code == 0 and "completed" in out
+    assert f["server"].reconciler.stats.resends == 0  # every device was mid-update or converged throughout
 
 
 def test_rollout_state_survives_a_restart_and_resume_finishes_it(fleet):

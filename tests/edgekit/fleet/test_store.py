@@ -6,9 +6,10 @@ import json
 import time
 
 import pytest
+from edgekit_agent.protocol import ProtocolError
 from stores import store_url
 
-from edgekit.fleet.store import Message, Store, StoreUnreachable, UnknownDevice, digest
+from edgekit.fleet.store import Message, Store, StoreUnreachable, UnknownDevice, check, digest, message
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -21,7 +22,7 @@ def store(request, tmp_path):
 
 def msg(kind: str, device: str, body: dict, fleet: str = "lab") -> Message:
     payload = json.dumps(body, sort_keys=True).encode()
-    return Message(fleet, device, kind, body, digest(f"edgekit/v1/{fleet}/{device}/{kind}", payload), time.time())
+    return message(fleet, device, kind, body, digest(f"edgekit/v1/{fleet}/{device}/{kind}", payload), time.time())
 
 
 def state(device: str, version: str | None, status: str = "online", profile: str = "x86-64-generic") -> Message:
@@ -46,7 +47,7 @@ def test_ingest_is_idempotent_under_duplicates(store):
     counts = store.counts()
     assert counts["telemetry"] == 5 and counts["events"] == 1 and counts["devices"] == 1
     row = store.telemetry("lab", "a")[0]
-    assert row["p95"] == 1.5 and row["power_source"] == "estimate" and row["energy_is_estimate"] == 1
+    assert row["p95_ms"] == 1.5 and row["power_source"] == "estimate" and row["energy_is_estimate"] == 1
     assert row["package_version"] == "v1" and row["inferences"] == 10
 
 
@@ -58,11 +59,34 @@ def test_state_upsert_keeps_the_package_when_the_last_will_arrives(store):
     assert device["status"] == "offline" and device["package_version"] == "v2"
 
 
-def test_wrongly_typed_fields_are_stored_as_null_not_fatal(store):
-    bad = msg("telemetry", "a", {"latency_ms": "fast", "inferences": "many", "power": [], "time": 12})
-    assert store.ingest([bad]) == 1
+def test_missing_fields_are_stored_as_null(store):
+    assert store.ingest([msg("telemetry", "a", {"time": 12})]) == 1
     row = store.telemetry("lab", "a")[0]
-    assert row["p95"] is None and row["inferences"] is None and row["power_w"] is None
+    assert row["p95_ms"] is None and row["inferences"] is None and row["power_w"] is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "named"),
+    [
+        ("telemetry", {"latency_ms": "fast"}, "latency_ms must be an object"),
+        ("telemetry", {"inferences": "many"}, "inferences must be an integer"),
+        ("telemetry", {"inferences": 10**30}, "inferences = "),
+        ("telemetry", {"inferences": True}, "inferences must be an integer"),
+        ("telemetry", {"latency_ms": {"p95": -1e308}}, "latency_ms.p95 = "),
+        ("telemetry", {"power": []}, "power must be an object"),
+        ("telemetry", {"power": {"source": ["rapl"]}}, "power.source must be a string"),
+        ("telemetry", {"energy_is_estimate": "yes"}, "energy_is_estimate must be true or false"),
+        ("telemetry", {"package": {"version": {"v": 1}}}, "package.version must be a string"),
+        ("state", {"status": "online", "package": {"name": ["a"], "version": "1", "counter": 1}}, "package.name"),
+        ("state", {"status": "online", "package": {"name": "a", "version": "1", "counter": 2**70}}, "package.counter"),
+        ("state", {"status": "zombie"}, "status must be"),
+        ("state", {"status": "online", "capabilities": [1]}, "capabilities must be an object"),
+        ("events", {"kind": {"x": 1}}, "kind must be a string"),
+    ],
+)
+def test_a_message_that_breaks_the_schema_is_refused_with_the_field_named(kind, body, named):
+    with pytest.raises(ProtocolError, match=named.replace(".", r"\.").replace("(", r"\(")):
+        check(kind, body)
 
 
 def test_labels_and_groups(store):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 from rich.console import Console
 
@@ -29,8 +31,20 @@ def stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+def finite(value: Any) -> Any:
+    """``value`` with non-finite floats as None, at any depth: JSON has no Infinity or NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
 def print_json(data: object) -> None:
+    """Standard JSON only (a store written before values were checked may hold an infinity)."""
     import json
 
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.write(json.dumps(finite(data), indent=2, default=str, allow_nan=False) + "\n")
     sys.stdout.flush()
