@@ -27,6 +27,13 @@ def broker(
     nats_port: Annotated[
         int, typer.Option(help="--engine nats: node i's NATS port is NATS_PORT+i, its route port NATS_PORT+2000+i")
     ] = 4222,
+    data: Annotated[
+        Path, typer.Option(help="Mosquitto keeps sessions, queued and retained messages here across restarts")
+    ] = Path("broker-data"),
+    durable: Annotated[
+        bool,
+        typer.Option("--durable", help="save after every change: a kill -9 loses nothing acknowledged (slower)"),
+    ] = False,
 ) -> None:
     """Run Mosquitto with edgekit's settings (or the embedded Python broker where Mosquitto is missing)
     until Ctrl-C; or, with --engine nats --cluster 3, a NATS cluster on this machine that speaks MQTT to
@@ -46,14 +53,14 @@ def broker(
         raise opt.OptionInvalid("--cluster needs --engine nats (Mosquitto does not cluster)")
     from edgekit.fleet.broker import LocalBroker
 
-    with tempfile.TemporaryDirectory(prefix="edgekit-broker-") as tmp:
-        local = LocalBroker(Path(tmp), port=port, bind=bind)
-        local.start()
-        err.print(f"{local.kind} listening on mqtt://{bind}:{port} (Ctrl-C stops it)", highlight=False)
-        try:
-            _wait_for_signal()
-        finally:
-            local.stop()
+    local = LocalBroker(data, port=port, bind=bind, persist=True, durable=durable)
+    local.start()
+    kept = f"state kept in {data}" + (", saved on every change" if durable else ", saved every second")
+    err.print(f"{local.kind} listening on mqtt://{bind}:{port}; {kept} (Ctrl-C stops it)", highlight=False)
+    try:
+        _wait_for_signal()
+    finally:
+        local.stop()
 
 
 def _nats(port: int, nats_port: int, bind: str, size: int, wait: Callable[[], None]) -> None:

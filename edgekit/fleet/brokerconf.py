@@ -24,6 +24,7 @@ from typing import Any
 from edgekit_agent.protocol import ProtocolError, _segment
 
 from edgekit.errors import EdgekitError
+from edgekit.fleet.broker import persistence_lines
 
 HOST_USER = "edgekit-host"
 DEVICE_READS = ("desired", "chunk/response", "infer/request", "state")  # its own state: to notice a twin
@@ -75,7 +76,9 @@ def mosquitto_conf(directory: Path, port: int, bind: str, run_as: str | None = N
         "max_queued_messages 10000",
         # serve acknowledges reports only once stored: let the broker keep more than the default 20 in flight
         "max_inflight_messages 1000",
-        "persistence false",
+        # sessions, queued and retained messages survive a restart; a kill -9 loses at most the last
+        # second (broker.persistence_lines; docs/reliability.md has the measurement)
+        persistence_lines(d / "data").rstrip("\n"),
         "log_dest stderr",
         "",
     ])  # fmt: skip
@@ -162,6 +165,7 @@ def generate(
     _write(directory / "server.key", pem_key(server_key), 0o600)
     _write(directory / "server.crt", pem_cert(server), 0o644)
     (directory / "clients").mkdir()
+    (directory / "data").mkdir()  # Mosquitto's persistence (sessions, queued and retained messages)
     credentials: dict[str, Any] = {"fleet": fleet, "ca": str((directory / "ca.crt").resolve()), "users": {}}
     lines = []
     for user in [HOST_USER, *devices]:

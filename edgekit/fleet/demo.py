@@ -263,7 +263,7 @@ class Demo:
         from edgekit.fleet.broker import LocalBroker, free_port
 
         self.say("step 3: broker, edgekit serve and three device agents")
-        self.broker = LocalBroker(self.out / "broker", port=free_port())
+        self.broker = LocalBroker(self.out / "broker", port=free_port(), persist=True)
         self.broker.start()
         url = self.broker.url
         self.say(f"  broker: {self.broker.kind} on {url}")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import threading
+import time
 
 import pytest
 
@@ -70,3 +72,93 @@ def test_serve_with_a_malformed_or_unreachable_nats_url_is_a_one_line_error(cli,
         "serve", "--packages", tmp_path / "pk", "--db", db, "--nats", f"nats://127.0.0.1:{free_port()}"
     )
     assert code != 0 and "no server answered" in err and "Traceback" not in err
+
+
+def _queue_for_offline_subscriber(url: str, n: int) -> set[int]:
+    """A persistent session subscribes and leaves; ``n`` QoS1 messages are then acknowledged for it."""
+    import paho.mqtt.client as paho
+
+    host, port = url.removeprefix("mqtt://").split(":")
+    sub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="t-offline", clean_session=False)
+    sub.connect(host, int(port))
+    sub.loop_start()
+    sub.subscribe("t/q", qos=1)
+    time.sleep(0.3)
+    sub.disconnect()
+    sub.loop_stop()
+    pub = mqtt.client("t-pub")
+    mqtt.connect(pub, url)
+    infos = [pub.publish("t/q", str(i).encode(), qos=1) for i in range(n)]
+    for info in infos:
+        info.wait_for_publish(10)
+    pub.disconnect()
+    pub.loop_stop()
+    return {i for i, info in enumerate(infos) if info.is_published()}
+
+
+def _delivered_to_offline_subscriber(url: str) -> set[int]:
+    import paho.mqtt.client as paho
+
+    host, port = url.removeprefix("mqtt://").split(":")
+    got: set[int] = set()
+    sub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="t-offline", clean_session=False)
+    sub.on_message = lambda _c, _u, m: got.add(int(m.payload))
+    sub.connect(host, int(port))
+    sub.loop_start()
+    deadline = time.monotonic() + 10
+    last = -1
+    while time.monotonic() < deadline and len(got) != last:  # until deliveries stop arriving
+        last = len(got)
+        time.sleep(1.0)
+    sub.disconnect()
+    sub.loop_stop()
+    return got
+
+
+@pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto is not installed here")
+def test_a_durable_broker_killed_with_kill_9_loses_nothing_it_acknowledged(tmp_path):
+    broker = LocalBroker(tmp_path, persist=True, durable=True)
+    broker.start()
+    acked = _queue_for_offline_subscriber(broker.url, 300)
+    broker.proc.send_signal(signal.SIGKILL)  # at once: the once-a-second save has not run
+    broker.proc.wait()
+    broker.proc = None
+    broker.start()
+    try:
+        assert len(acked) == 300 and _delivered_to_offline_subscriber(broker.url) >= acked
+    finally:
+        broker.stop()
+
+
+@pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto is not installed here")
+def test_edgekit_broker_keeps_retained_messages_in_its_data_dir_across_a_restart(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from edgekit.fleet.broker import free_port
+
+    port = free_port()
+    args = [str(Path(sys.executable).with_name("edgekit")), "broker", "--port", str(port), "--data", str(tmp_path)]
+    url = f"mqtt://127.0.0.1:{port}"
+    for round_ in range(2):
+        proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+        try:
+            assert "state kept in" in proc.stderr.readline()
+            c = mqtt.client("t-retain")
+            got: list[bytes] = []
+            c.on_message = lambda _c, _u, m, got=got: got.append(m.payload)
+            mqtt.connect(c, url)
+            if round_ == 0:
+                c.publish("t/retained", b"kept", qos=1, retain=True).wait_for_publish(5)
+            else:
+                c.subscribe("t/retained", qos=1)
+                deadline = time.monotonic() + 5
+                while not got and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert got == [b"kept"]
+            c.disconnect()
+            c.loop_stop()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(10) == 0
