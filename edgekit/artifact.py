@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-Kind = Literal["torch", "onnx", "openvino"]
+Kind = str  # "torch", or the kind a runtime runs (edgekit.runtimes: "onnx", "openvino")
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Artifact:
         """Every file the artifact consists of on disk (ONNX external data and IR .bin included)."""
         if self.path is None:
             return []
-        if self.kind == "openvino":
-            return [self.path, self.path.with_suffix(".bin")]
-        data = [p for p in self.path.parent.glob(self.path.name + ".data")]
-        return [self.path, *data]
+        from edgekit.runtimes import for_kind
+
+        data = [p for p in self.path.parent.glob(self.path.name + ".data")]  # ONNX external data
+        return [*for_kind(self.kind).runtime.files(self.path), *data]

@@ -10,73 +10,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgekit import runtimes
 from edgekit.bundle import ModelBundle
 from edgekit.profiles import DeviceProfile
 from edgekit.recipe import Recipe, parse_recipe
+from edgekit.runtimes import Shape
 
 
 def candidates(bundle: ModelBundle, profile: DeviceProfile) -> list[Recipe]:
     """fp32 parents first (one per runtime), then the compressed variants the profile can run."""
     transformer = bundle.model_type == "transformer"
     trainable = bundle.module is not None and bundle.train_batches is not None and not transformer
-    out: list[dict[str, Any]] = []
-    for runtime in ("onnxruntime", "openvino"):
-        if not profile.supports(runtime):
-            continue
-        ov = runtime == "openvino"
-        static = [{"type": "convert_openvino", "static_shape": True}] if ov and transformer else []
-        out.append({"name": f"{runtime}-fp32", "runtime": runtime, "passes": static})
-        if "fp16" in profile.precisions:
-            out.append({"name": f"{runtime}-fp16", "runtime": runtime, "passes": [*static, {"type": "fp16"}]})
-        if "int8" not in profile.precisions:
-            continue
-        if ov:
-            out.append(
-                {"name": "openvino-int8-nncf", "runtime": runtime, "passes": [*static, {"type": "quantize_openvino"}]}
-            )
-            if trainable:
-                out.append(
-                    {
-                        "name": "openvino-prune50-int8",
-                        "runtime": runtime,
-                        "passes": [{"type": "prune_structured", "ratio": 0.5}, {"type": "quantize_openvino"}],
-                    }
-                )
-        else:
-            out.append(
-                {
-                    "name": "onnxruntime-int8-dynamic",
-                    "runtime": runtime,
-                    "passes": [{"type": "quantize_ort", "mode": "dynamic"}],
-                }
-            )
-            out.append(
-                {
-                    "name": "onnxruntime-int8-static",
-                    "runtime": runtime,
-                    "passes": [{"type": "quantize_ort", "mode": "static"}],
-                }
-            )
-            if trainable and bundle.student:
-                out.append(
-                    {
-                        "name": "onnxruntime-distilled",
-                        "runtime": runtime,
-                        "passes": [{"type": "distill", **bundle.student}],
-                    }
-                )
-            if trainable:
-                out.append(
-                    {
-                        "name": "onnxruntime-prune50-int8",
-                        "runtime": runtime,
-                        "passes": [
-                            {"type": "prune_structured", "ratio": 0.5},
-                            {"type": "quantize_ort", "mode": "static"},
-                        ],
-                    }
-                )
+    shape = Shape(transformer=transformer, trainable=trainable, student=bundle.student)
+    out = [c for rt in runtimes.REGISTRY.values() if profile.supports(rt.name)
+           for c in rt.candidates(shape, list(profile.precisions))]  # fmt: skip
     return [parse_recipe(c, source=f"auto candidate {c['name']}") for c in out]
+
+
+def is_parent(name: str, runtime: str) -> bool:
+    """Whether candidate ``name`` is ``runtime``'s fp32 parent, which every other candidate is compared with."""
+    return name == runtimes.get(runtime).parent
 
 
 @dataclass
@@ -114,7 +67,7 @@ class CandidateResult:
 
 def choose(results: list[CandidateResult]) -> CandidateResult | None:
     """Mark INT8/fp16 candidates slower than their runtime's fp32 parent, then pick the fastest survivor."""
-    fp32 = {r.runtime: r for r in results if r.name.endswith("-fp32") and r.status == "ok"}
+    fp32 = {r.runtime: r for r in results if is_parent(r.name, r.runtime) and r.status == "ok"}
     for r in results:
         parent = fp32.get(r.runtime)
         if r.status == "ok" and r.precision != "fp32" and parent and r.latency_ms > parent.latency_ms:

@@ -59,7 +59,7 @@ def batch_feed(bundle: ModelBundle, items: int) -> Feed:
 def batch_predictor(artifact: Artifact, feed: Feed, threads: int) -> Callable[[Feed], Any]:
     """A predictor for ``feed``'s shapes; an OpenVINO IR with static shapes (NPU-style) is reshaped to them,
     as a device running batches would compile it."""
-    from edgekit.hostrt import ov_config, predictor
+    from edgekit.hostrt import predictor
 
     if artifact.kind != "openvino":
         return predictor(artifact, threads=threads)
@@ -70,7 +70,9 @@ def batch_predictor(artifact: Artifact, feed: Feed, threads: int) -> Callable[[F
     if any(p.get_partial_shape().is_static and list(p.get_shape()) != list(feed[p.get_any_name()].shape)
            for p in model.inputs):  # fmt: skip
         model.reshape({p.get_any_name(): list(feed[p.get_any_name()].shape) for p in model.inputs})
-    compiled = core.compile_model(model, "CPU", ov_config(artifact, threads))
+    config = {"INFERENCE_NUM_THREADS": str(threads), "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
+              "INFERENCE_PRECISION_HINT": "f32"} | artifact.runtime_config  # as edgekit_agent.runtimes.ov  # fmt: skip
+    compiled = core.compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
     names = [p.get_any_name() for p in compiled.inputs]
     return lambda f: request.infer({n: f[n] for n in names})

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.auto import CandidateResult, candidates, choose
+from edgekit.auto import CandidateResult, candidates, choose, is_parent
 from edgekit.bundle import ModelBundle
 from edgekit.edgepkg import Signing
 from edgekit.errors import EdgekitError, GateFailed, NoCandidate, OutputNotWritable, RecipeInvalid
@@ -92,13 +92,15 @@ def _npy(array: np.ndarray) -> bytes:
 def stage_files(stage: Path, artifact: Any, bundle: ModelBundle, *, threads: int) -> dict[str, Any]:
     """Copy the model files and write the smoke-test sample; returns report.json's ``package`` section."""
     from edgekit.hostrt import io_spec, predictor
+    from edgekit.runtimes import for_kind
 
-    if artifact.kind == "onnx":
-        names = {artifact.path: "model.onnx"} | {p: p.name for p in artifact.files()[1:]}
-        model = {"format": "onnx", "entry": "model.onnx"}
-    else:
-        names = {artifact.path: "model.xml", artifact.path.with_suffix(".bin"): "model.bin"}
-        model = {"format": "openvino-ir", "entry": "model.xml"}
+    runtime = for_kind(artifact.kind).runtime
+    entry = Path(runtime.entry)
+    # the entry and its sidecars (an IR's .bin) take the runtime's names; other files (ONNX external data,
+    # which the model names) keep theirs
+    names = {p: p.name for p in artifact.files()} | {artifact.path: entry.name}
+    names |= {artifact.path.with_suffix(s): entry.with_suffix(s).name for s in runtime.sidecars}
+    model = {"format": runtime.model_format, "entry": runtime.entry}
     for src, name in names.items():
         shutil.copyfile(src, stage / name)
     inputs, outputs = io_spec(artifact)
@@ -247,7 +249,7 @@ def run_package(
         unknown = set(only) - {r.name for r in recipes}
         if unknown:
             raise RecipeInvalid(f"unknown --only candidate(s) {sorted(unknown)}; known: {[r.name for r in recipes]}")
-        recipes = [r for r in recipes if r.name in only or r.name.endswith("-fp32")]
+        recipes = [r for r in recipes if r.name in only or is_parent(r.name, target_runtime(r, prof))]
     plans = {}
     for r in recipes:
         try:

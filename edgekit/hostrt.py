@@ -1,8 +1,8 @@
 """Run an artifact on this host: the same predictor interface for torch, ONNX Runtime and OpenVINO.
 
-Used by the pipeline for evaluation and host latency. Thread counts come from the profile so numbers
-are comparable across steps; OpenVINO's precision hint is always set explicitly because its CPU plugin
-otherwise runs bf16 silently on CPUs with AMX/avx512_bf16.
+Used by the pipeline for evaluation and host latency. A converted model runs through the agent's own
+session code (``edgekit_agent.runtimes``), so the host measures what a device would run; thread counts
+come from the profile so numbers are comparable across steps.
 """
 
 from __future__ import annotations
@@ -15,15 +15,9 @@ import numpy as np
 
 from edgekit.artifact import Artifact
 from edgekit.bundle import Feed
+from edgekit.runtimes import for_kind
 
 Predictor = Callable[[Feed], list[np.ndarray]]
-
-
-def ov_config(artifact: Artifact, threads: int) -> dict[str, str]:
-    config = {"INFERENCE_NUM_THREADS": str(threads), "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
-    config["INFERENCE_PRECISION_HINT"] = "f32"
-    config.update(artifact.runtime_config)
-    return config
 
 
 def predictor(artifact: Artifact, *, threads: int) -> Predictor:
@@ -40,31 +34,8 @@ def predictor(artifact: Artifact, *, threads: int) -> Predictor:
             return [o.float().numpy() for o in outs]
 
         return run_torch
-    if artifact.kind == "onnx":
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        session = ort.InferenceSession(str(artifact.path), opts, providers=["CPUExecutionProvider"])
-        names = [i.name for i in session.get_inputs()]
-
-        def run_ort(feed: Feed) -> list[np.ndarray]:
-            return session.run(None, {n: feed[n] for n in names})
-
-        return run_ort
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(str(artifact.path), "CPU", ov_config(artifact, threads))
-    request = compiled.create_infer_request()
-    ov_names = [i.get_any_name() for i in compiled.inputs]
-
-    def run_ov(feed: Feed) -> list[np.ndarray]:
-        result = request.infer({n: feed[n] for n in ov_names})
-        return [np.array(result[o]) for o in compiled.outputs]
-
-    return run_ov
+    runtime = for_kind(artifact.kind).runtime  # the agent's session code: the host measures what devices run
+    return runtime.open(artifact.path, runtime.cpu, threads=threads, config=artifact.runtime_config).run
 
 
 def latency_ms(predict: Predictor, feed: Feed, *, min_runs: int = 30, seconds: float | None = None) -> dict[str, float]:
@@ -89,53 +60,8 @@ def latency_ms(predict: Predictor, feed: Feed, *, min_runs: int = 30, seconds: f
     return {"p50": float(np.percentile(arr, 50)), "p95": float(np.percentile(arr, 95)), "runs": len(times)}
 
 
-_ORT_TYPES = {
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(double)": "float64",
-    "tensor(int8)": "int8",
-    "tensor(uint8)": "uint8",
-    "tensor(int16)": "int16",
-    "tensor(int32)": "int32",
-    "tensor(int64)": "int64",
-    "tensor(bool)": "bool",
-}
-
-
 def io_spec(artifact: Artifact) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
     """Names, dtypes and shapes (None = dynamic) of the artifact's inputs and outputs, as its runtime sees them."""
-    if artifact.kind == "onnx":
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        session = ort.InferenceSession(str(artifact.path), opts, providers=["CPUExecutionProvider"])
-
-        def ort_spec(args: list) -> list[dict[str, object]]:
-            return [
-                {
-                    "name": a.name,
-                    "dtype": _ORT_TYPES.get(a.type, a.type),
-                    "shape": [d if isinstance(d, int) else None for d in a.shape],
-                }
-                for a in args
-            ]
-
-        return ort_spec(session.get_inputs()), ort_spec(session.get_outputs())
-    if artifact.kind == "openvino":
-        import openvino as ov
-
-        model = ov.Core().read_model(str(artifact.path))
-
-        def ov_spec(ports: list) -> list[dict[str, object]]:
-            return [
-                {
-                    "name": p.get_any_name(),
-                    "dtype": np.dtype(p.get_element_type().to_dtype()).name,
-                    "shape": [d.get_length() if d.is_static else None for d in p.get_partial_shape()],
-                }
-                for p in ports
-            ]
-
-        return ov_spec(model.inputs), ov_spec(model.outputs)
-    raise ValueError(f"no runtime I/O for a {artifact.kind} artifact")
+    if artifact.kind == "torch":
+        raise ValueError("no runtime I/O for a torch artifact; export it first")
+    return for_kind(artifact.kind).runtime.io_spec(artifact.path)

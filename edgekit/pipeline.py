@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from edgekit import runtimes
 from edgekit.artifact import Artifact
 from edgekit.bundle import ModelBundle
 from edgekit.errors import PassNotApplicable, RecipeInvalid
@@ -72,21 +73,29 @@ def runtime_device(runtime: str, profile: DeviceProfile) -> str:
 
 
 def plan(recipe: Recipe, bundle: ModelBundle, profile: DeviceProfile) -> list[PlannedPass]:
-    """The passes in order, with the conversions between kinds inserted; raises before any work is done."""
+    """The passes in order, with the conversions between kinds inserted; raises before any work is done.
+
+    The target runtime says which kind of model it runs and which pass converts an ONNX model into it
+    (``edgekit.runtimes``); the planner knows no runtime by name.
+    """
     kind = "torch" if bundle.module is not None else "onnx"
     runtime = target_runtime(recipe, profile)
+    target = runtimes.get(runtime)
     steps: list[PlannedPass] = []
 
     def convert_to(wanted: tuple[str, ...]) -> None:
         nonlocal kind
-        if runtime == "openvino" and "openvino" in wanted and "torch" not in wanted:
-            wanted = ("openvino",)  # a pass that runs on either kind acts on the target runtime's form
+        if target.kind in wanted and "torch" not in wanted:
+            wanted = (target.kind,)  # a pass that runs on either kind acts on the target runtime's form
         if kind == "torch" and "torch" not in wanted:
             steps.append(PlannedPass(REGISTRY["export_onnx"](REGISTRY["export_onnx"].Config()), True))
             kind = "onnx"
-        if kind == "onnx" and "onnx" not in wanted and "openvino" in wanted:
-            steps.append(PlannedPass(REGISTRY["convert_openvino"](REGISTRY["convert_openvino"].Config()), True))
-            kind = "openvino"
+        if kind == "onnx" and "onnx" not in wanted:
+            for rt in runtimes.REGISTRY.values():
+                if rt.converter and rt.kind in wanted:
+                    steps.append(PlannedPass(REGISTRY[rt.converter](REGISTRY[rt.converter].Config()), True))
+                    kind = rt.kind
+                    return
 
     for cfg in recipe.passes:
         p = REGISTRY[cfg.type](cfg)
@@ -104,14 +113,15 @@ def plan(recipe: Recipe, bundle: ModelBundle, profile: DeviceProfile) -> list[Pl
             )
         steps.append(PlannedPass(p, False))
         kind = p.output_kind(kind)
-    convert_to(("openvino",) if runtime == "openvino" else ("onnx",))
-    if runtime == "onnxruntime" and kind != "onnx":
-        raise RecipeInvalid(f"the recipe ends in an {kind} model, which {runtime} cannot run; set runtime: openvino")
+    convert_to((target.kind,))
+    if kind != target.kind:
+        hint = f"; set runtime: {runtimes.BY_KIND[kind].name}" if kind in runtimes.BY_KIND else ""
+        raise RecipeInvalid(f"the recipe ends in an {kind} model, which {runtime} cannot run{hint}")
     return steps
 
 
 def _latency_runtime(kind: str) -> str:
-    return {"torch": "host:torch", "onnx": "host:onnxruntime:CPU", "openvino": "host:openvino:CPU"}[kind]
+    return "host:torch" if kind == "torch" else runtimes.for_kind(kind).latency_label
 
 
 def measure(
@@ -135,7 +145,7 @@ def measure(
         params, macs = evaluate.torch_params(artifact.module), evaluate.torch_macs(artifact.module, bundle.example)
     elif artifact.kind == "onnx":
         params, macs = evaluate.onnx_params(artifact.path), evaluate.onnx_macs(artifact.path, bundle.example)
-    else:  # OpenVINO conversion and NNCF keep the graph's weights and op count; carry them from the parent
+    else:  # a conversion (ONNX to IR) and its INT8 keep the graph's weights and op count: carry the parent's
         assert previous is not None
         params, macs = previous.params, previous.macs
     base = baseline

@@ -7,6 +7,7 @@ errors so that a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -14,12 +15,13 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
+from edgekit_agent.runtimes import REGISTRY as RUNTIME_REGISTRY
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgekit.errors import ProfileInvalid, ProfileNotFound, describe_validation, load_yaml
 
-RUNTIMES = {"onnxruntime", "openvino"}
-_RUNTIME_RE = re.compile(r"^(onnxruntime|openvino):[A-Za-z0-9_.]+$")
+RUNTIMES = set(RUNTIME_REGISTRY)
+_RUNTIME_RE = re.compile(rf"^({'|'.join(map(re.escape, RUNTIME_REGISTRY))}):[A-Za-z0-9_.]+$")
 # ISA flags that decide whether INT8/FP16/BF16 kernels are fast; probe keeps only these from /proc/cpuinfo.
 INT8_RELEVANT_FLAGS = (
     "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
@@ -68,9 +70,8 @@ class DeviceProfile(BaseModel):
     def _runtime_format(cls, value: list[str]) -> list[str]:
         for item in value:
             if not _RUNTIME_RE.match(item):
-                raise ValueError(
-                    f"runtime {item!r} must look like 'onnxruntime:CPUExecutionProvider' or 'openvino:CPU'"
-                )
+                examples = " or ".join(f"'{r.name}:{r.cpu}'" for r in RUNTIME_REGISTRY.values())
+                raise ValueError(f"runtime {item!r} must look like {examples}")
         return value
 
     @property
@@ -171,19 +172,15 @@ def probe(*, name: str | None = None) -> DeviceProfile:
     """Measure this machine and describe it as a profile a user can edit, instead of guessing."""
     import psutil
 
+    arch = platform.machine()
+    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(arch.lower(), arch)
+    # each installed runtime with the devices it finds; the ones preferred on this architecture first (OpenVINO
+    # on x86, whose CPU plugin is the faster INT8 path there; ONNX Runtime on ARM)
+    order = sorted(RUNTIME_REGISTRY.values(), key=lambda r: arch not in r.preferred_on)
     runtimes: list[str] = []
-    try:
-        import openvino as ov
-
-        runtimes += [f"openvino:{d}" for d in sorted(ov.Core().available_devices, key=lambda d: d != "NPU")]
-    except Exception:
-        pass
-    try:
-        import onnxruntime as ort
-
-        runtimes += [f"onnxruntime:{p}" for p in ort.get_available_providers() if p != "AzureExecutionProvider"]
-    except Exception:
-        pass
+    for rt in order:
+        with contextlib.suppress(Exception):  # a runtime that is installed but broken is left out, not fatal
+            runtimes += [f"{rt.name}:{d}" for d in rt.devices()] if rt.installed() else []
     flags = cpu_flags()
     isa = sorted(f for f in flags if f in INT8_RELEVANT_FLAGS)
     precisions = ["fp32", "int8"]
@@ -191,14 +188,11 @@ def probe(*, name: str | None = None) -> DeviceProfile:
         precisions.append("fp16")
     if {"avx512_bf16", "amx_bf16", "bf16"} & flags:
         precisions.append("bf16")
-    arch = platform.machine()
-    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(arch.lower(), arch)
     cores = psutil.cpu_count(logical=True) or os.cpu_count() or 1
     mem_mb = int(psutil.virtual_memory().total / 2**20)
-    # Prefer OpenVINO on x86 (its CPU plugin is the faster INT8 path there), ONNX Runtime elsewhere.
-    if arch != "x86_64":
-        runtimes.sort(key=lambda r: not r.startswith("onnxruntime"))
-    has_npu = any(r == "openvino:NPU" for r in runtimes)
+    static = {f"{r.name}:{d}" for r in RUNTIME_REGISTRY.values() for d in r.static_shape_devices}
+    has_npu = any(r in static for r in runtimes)
+    fallback = next(iter(RUNTIME_REGISTRY.values()))
     return DeviceProfile(
         name=name or re.sub(r"[^a-z0-9._-]+", "-", platform.node().lower()).strip("-") or "this-machine",
         description=f"probed on {platform.node()} ({platform.platform()})",
@@ -207,7 +201,7 @@ def probe(*, name: str | None = None) -> DeviceProfile:
         cores=cores,
         memory_mb=mem_mb,
         isa_features=isa,
-        runtimes=runtimes or ["onnxruntime:CPUExecutionProvider"],
+        runtimes=runtimes or [f"{fallback.name}:{fallback.cpu}"],
         precisions=precisions,  # type: ignore[arg-type]
         static_shapes=has_npu,
         max_model_mb=max(16.0, round(mem_mb / 8, 1)),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -16,9 +16,18 @@ class Recipe(BaseModel):
 
     name: str = "recipe"
     description: str = ""
-    runtime: Literal["onnxruntime", "openvino"] | None = None
+    runtime: str | None = None  # a name in edgekit_agent.runtimes.REGISTRY
     tolerance: float | None = Field(default=None, gt=0, lt=1)
     passes: list[PassConfig] = Field(default_factory=list)
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, value: str | None) -> str | None:
+        from edgekit_agent.runtimes import REGISTRY
+
+        if value is not None and value not in REGISTRY:
+            raise ValueError(f"runtime {value!r} is not one of {', '.join(REGISTRY)}")
+        return value
 
     @field_validator("passes", mode="before")
     @classmethod

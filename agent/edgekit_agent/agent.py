@@ -291,8 +291,8 @@ class Agent:
                                                       **data}))  # fmt: skip
 
     def _serving(self, model: Any) -> None:
-        """The model now serving (None: nothing installed). A restarted agent used to say "online" with no
-        package before it had loaded the installed one; the fleet saw a device that ran nothing."""
+        """The model now serving (None: nothing installed). "online" is announced only from here, once the
+        installed model is loaded: before, the fleet would see a device that runs nothing."""
         self.model = model
         self.loaded.set()
         if self.connected.is_set():
@@ -388,6 +388,6 @@ def _acknowledged(info: Any, timeout: float) -> bool:
 
 def capabilities() -> dict[str, Any]:
     """Which runtimes are installed, found without importing them (OpenVINO alone costs ~80 MB of RSS)."""
-    from importlib.util import find_spec
+    from edgekit_agent.runtimes import installed
 
-    return {"runtimes": [name for name in ("onnxruntime", "openvino") if find_spec(name) is not None]}
+    return {"runtimes": installed()}

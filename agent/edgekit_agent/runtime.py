@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgekit_agent import runtimes
 from edgekit_agent.manifest import Manifest
 
-CPU = {"onnxruntime": "CPUExecutionProvider", "openvino": "CPU"}
 Event = Callable[[str, dict[str, Any]], None]
 
 
@@ -25,7 +25,7 @@ class SmokeTestFailed(Exception):
 
 
 class RuntimeUnavailable(RuntimeError):
-    """The package's engine is not installed on this device (install edgekit-agent[onnxruntime|openvino])."""
+    """The package's engine is not installed on this device (the message names the edgekit-agent extra)."""
 
 
 @dataclass
@@ -47,76 +47,27 @@ class Loaded:
             return self._run(feed)
 
 
-def _ort(path: Path, device: str, threads: int, manifest: Manifest) -> tuple[Any, list[str], list[str]]:
-    import onnxruntime as ort
-
-    if device not in ort.get_available_providers():
-        raise LookupError(f"execution provider {device} is not available (have {ort.get_available_providers()})")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(path), opts, providers=[device])
-    names = [i.name for i in session.get_inputs()]
-
-    run_session = session.run
-
-    def run(feed: dict[str, Any]) -> list[Any]:
-        # Pass the caller's dict through when it holds exactly the inputs: rebuilding it costs µs per call,
-        # which is measurable on 50 µs models (docs/benchmarks.md).
-        return run_session(None, feed if len(feed) == len(names) else {n: feed[n] for n in names})
-
-    return run, names, [o.name for o in session.get_outputs()]
-
-
-def _openvino(path: Path, device: str, threads: int, manifest: Manifest) -> tuple[Any, list[str], list[str]]:
-    import numpy as np
-    import openvino as ov
-
-    core = ov.Core()
-    if device not in core.available_devices:
-        raise LookupError(f"OpenVINO device {device} is not present (have {core.available_devices})")
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-    if device == "CPU":
-        config |= {"INFERENCE_NUM_THREADS": str(threads), "NUM_STREAMS": "1"}
-    config |= manifest.runtime_config
-    compiled = core.compile_model(str(path), device, config)
-    request = compiled.create_infer_request()
-    names = [i.get_any_name() for i in compiled.inputs]
-
-    def run(feed: dict[str, Any]) -> list[Any]:
-        result = request.infer({n: feed[n] for n in names})
-        return [np.array(result[o]) for o in compiled.outputs]
-
-    return run, names, [o.get_any_name() for o in compiled.outputs]
-
-
-_LOADERS = {"onnxruntime": _ort, "openvino": _openvino}
-
-
 def load(directory: Path, manifest: Manifest, *, threads: int = 1, event: Event = lambda _k, _d: None) -> Loaded:
     """Load ``manifest.entry`` from ``directory`` on the manifest's device, else on the CPU (with an event)."""
-    engine = manifest.engine
-    try:
-        __import__(engine)
-    except ImportError:
+    runtime = runtimes.get(manifest.engine)
+    engine, cpu = runtime.name, runtime.cpu
+    if not runtime.installed():
         raise RuntimeUnavailable(
-            f"the package needs {engine}, which is not installed; pip install 'edgekit-agent[{engine}]'"
-        ) from None
+            f"the package needs {engine}, which is not installed; pip install 'edgekit-agent[{runtime.extra}]'"
+        )
     path = directory / manifest.entry
-    loader = _LOADERS[engine]
-    devices = [manifest.device] + ([CPU[engine]] if manifest.device != CPU[engine] else [])
+    devices = [manifest.device] + ([cpu] if manifest.device != cpu else [])
     reason = None
     for device in devices:
         try:
-            run, inputs, outputs = loader(path, device, threads, manifest)
+            session = runtime.open(path, device, threads=threads, config=manifest.runtime_config)
         except Exception as exc:  # a missing device or a compile failure: the next device, never a crash
             reason = f"{engine}:{device}: {(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]}"
-            if device != CPU[engine]:
-                event("fallback", {"from": f"{engine}:{device}", "to": f"{engine}:{CPU[engine]}", "reason": reason})
+            if device != cpu:
+                event("fallback", {"from": f"{engine}:{device}", "to": f"{engine}:{cpu}", "reason": reason})
             continue
         return Loaded(manifest, directory, engine, device, reason if device != manifest.device else None,
-                      run, inputs, outputs)  # fmt: skip
+                      session.run, session.inputs, session.outputs)  # fmt: skip
     raise RuntimeError(f"cannot load {manifest.entry} on any device: {reason}")
 
 

@@ -28,7 +28,7 @@ def demo(
 
     def interrupted(*_: object) -> None:
         # Remembered as well as raised: a KeyboardInterrupt that lands inside a finalizer (__del__, a weakref
-        # callback) is printed and dropped by Python, and the demo once ran to its end after a Ctrl-C; the walk
+        # callback) is printed and dropped by Python, which would let the demo run on after a Ctrl-C; the walk
         # checks the flag at every step and wait, so a dropped one still stops it there.
         walk.interrupted.set()
         raise KeyboardInterrupt

@@ -278,18 +278,9 @@ class NatsTransport:
             return
 
         async def on_request(msg: Any) -> None:
-            try:
-                fleet, device, _ = parse_topic(topic_of(msg.subject))
-                response = self.server.answer(ChunkRequest.from_json(msg.data))
-            except ProtocolError:
-                self.server.refused += 1
-                return
-            except Exception:  # never let one request end the subscription's callback task for good
-                self.server.failures += 1
-                log.exception("answering a chunk request on %s failed", msg.subject[:200])
-                return
-            if response is not None:
-                await nc.publish(subject_of(topic(fleet, device, "chunk/response")), response.to_bytes())
+            answer = self.request(msg.subject, msg.data)
+            if answer is not None:
+                await nc.publish(*answer)
 
         await nc.subscribe("edgekit.v1.*.*.chunk.request", queue=self.group, cb=on_request)
         consumer = None
@@ -355,7 +346,6 @@ class NatsTransport:
         import nats.errors
 
         loop = asyncio.get_running_loop()
-        ingest = self.server.ingest
         while not self._done.is_set():
             try:
                 batch = await consumer.fetch(self.BATCH, timeout=0.5)
@@ -370,15 +360,38 @@ class NatsTransport:
                 await asyncio.sleep(0.5)
                 continue
             for msg in batch:
-                name = topic_of(msg.subject[len(self.MQTT_PREFIX) :])
-                if name.rsplit("/", 1)[-1] not in self.REPORTS:
-                    await msg.ack()  # desired states and inference replies share the stream
-                    continue
 
                 def done(msg: Any = msg) -> None:  # called from the ingest thread once committed
                     loop.call_soon_threadsafe(lambda: asyncio.ensure_future(msg.ack()))
 
-                ingest.accept(name, msg.data, done)
+                if not self.report(msg.subject, msg.data, done):
+                    await msg.ack()  # desired states and inference replies share the stream
+
+    # -- the two handlers: plain methods, so the transport only moves bytes (and they can be fuzzed) --------
+    def request(self, subject: str, data: bytes) -> tuple[str, bytes] | None:
+        """(subject, bytes) answering one chunk request from the queue group, or None to send nothing."""
+        try:
+            fleet, device, _ = parse_topic(topic_of(subject))
+            response = self.server.answer(ChunkRequest.from_json(data))
+        except ProtocolError:
+            self.server.refused += 1
+            return None
+        except Exception:  # never let one request end the subscription's callback task for good
+            self.server.failures += 1
+            log.exception("answering a chunk request on %s failed", subject[:200])
+            return None
+        if response is None:
+            return None
+        return subject_of(topic(fleet, device, "chunk/response")), response.to_bytes()
+
+    def report(self, subject: str, data: bytes, done: Any) -> bool:
+        """Hand one message of the MQTT gateway's stream to ingest (``done`` once stored); False when it is not
+        a device report, which the caller acknowledges at once."""
+        name = topic_of(subject[len(self.MQTT_PREFIX) :]) if subject.startswith(self.MQTT_PREFIX) else ""
+        if name.rsplit("/", 1)[-1] not in self.REPORTS:
+            return False
+        self.server.ingest.accept(name, data, done)
+        return True
 
     def stop(self) -> None:
         if self._loop is not None and self._loop.is_running():

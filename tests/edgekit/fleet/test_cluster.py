@@ -4,6 +4,7 @@ another (queue group), PostgreSQL storing what devices report."""
 from __future__ import annotations
 
 import os
+import time
 
 import pkgs
 import pytest
@@ -90,6 +91,20 @@ def test_an_agent_on_one_node_installs_through_a_serve_worker_on_another_and_rep
                 lambda: store.counts()["telemetry"] >= 2 and store.device("lab", "dev-1")["package_version"] == "v1",
                 "telemetry and the v1 state in PostgreSQL",
             )
+            # a second agent started with the same device id on another node: each sees the other's live
+            # state through the cluster's retained view and reports it once, with no reconnect loop
+            nodes = cluster.mqtt_urls[1:] + cluster.mqtt_urls[:1]
+            twin = Agent(AgentConfig(broker=",".join(nodes), fleet="lab", device_id="dev-1", profile=pkgs.PROFILE,
+                                     data_dir=tmp_path / "twin", trust=[keys[1]]))  # fmt: skip
+            twin.start()
+            try:
+                conflicts = host.wait_for(lambda: len(host.events("conflict")) >= 2 and host.events("conflict"),
+                                          "both instances report the conflict", 60)  # fmt: skip
+                assert {e["instance"] for e in conflicts} == {agent.instance, twin.instance}
+                time.sleep(3)
+                assert twin.connects == 1 and agent.connects == 1 and len(host.events("conflict")) == 2
+            finally:
+                twin.stop()
         finally:
             agent.stop()
             host.close()

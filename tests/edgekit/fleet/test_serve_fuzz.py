@@ -38,3 +38,25 @@ def test_serves_message_handler_and_ingest_survive_anything_and_count_what_they_
         _fleet, _device, request = serve._queue.get_nowait()
         response = serve.answer(request)
         assert response is not None and response.error  # the repository is empty: a clear error, no crash
+
+
+@FUZZ
+@given(topic=topics, payload=payloads)
+def test_the_nats_transports_handlers_survive_anything_and_count_what_they_refuse(serve, topic, payload):
+    """The queue-group request callback and the JetStream consumer's report handler, fed the same payloads
+    on the subjects NATS would deliver them on (no cluster needed: the transport only moves bytes)."""
+    from edgekit.fleet.serve import NatsTransport, subject_of, topic_of
+
+    nats = NatsTransport(serve, "nats://127.0.0.1:1", group="fuzz")
+    stats = serve.ingest.stats
+    subject = subject_of(topic)
+    counted = (serve.refused, serve.failures)
+    answer = nats.request(subject, payload)  # must not raise
+    if answer is None:
+        assert (serve.refused, serve.failures) != counted, "a request neither answered nor refused"
+    else:  # a valid request for a package the empty repository lacks: a clear error back to the device
+        assert answer[0].endswith(".chunk.response")
+    received, acked = stats.received, []
+    taken = nats.report(NatsTransport.MQTT_PREFIX + subject, payload, lambda: acked.append(1))
+    assert taken == (topic_of(subject).rsplit("/", 1)[-1] in NatsTransport.REPORTS)  # the rest is acked at once
+    assert stats.received == received + int(taken)
