@@ -22,10 +22,16 @@ test: install
 	@$(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-# the fault-injection tests at full count (make test runs them small); prints the figures in docs/reliability.md
+# the fault-injection tests at full count (make test runs them small); prints the figures in docs/reliability.md;
+# then the NATS node-kill tests in a loop (SOAK_NODE_KILLS runs, default 30): every run must pass
+SOAK_NODE_KILLS ?= 30
 soak: install
 	EDGEKIT_SOAK_KILLS=50 EDGEKIT_SOAK_DEVICES=500 EDGEKIT_SOAK_SECONDS=60 $(VENV)/bin/pytest -s -p no:cacheprovider \
 		tests/agent/test_faults.py tests/edgekit/fleet/test_faults.py
+	@start=$$(date +%s); for i in $$(seq 1 $(SOAK_NODE_KILLS)); do \
+		$(VENV)/bin/pytest -q -p no:cacheprovider tests/edgekit/fleet/test_cluster.py -k "node_dies" \
+			|| { echo "node-kill run $$i of $(SOAK_NODE_KILLS) failed" >&2; exit 1; }; \
+	done; echo "node-kill tests: $(SOAK_NODE_KILLS) of $(SOAK_NODE_KILLS) runs passed in $$(( $$(date +%s) - start )) s"
 
 demo: install
 	$(VENV)/bin/edgekit demo

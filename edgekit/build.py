@@ -202,6 +202,20 @@ def _gate_message(step: Step, profile: DeviceProfile) -> str:
     )
 
 
+@dataclass
+class _Job:
+    """What run_package resolved before any work: the search space and where the result goes."""
+
+    profile: DeviceProfile
+    bundle: ModelBundle
+    recipes: list[Recipe]
+    strict: bool  # a --recipe: one candidate whose every failure is the user's error; --auto: a search
+    out: Path
+    package_file: Path | None
+    keep: Path | None
+    threads: int
+
+
 def run_package(
     model: str | ModelBundle,
     *,
@@ -218,11 +232,50 @@ def run_package(
 ) -> PackageResult:
     """Compress and convert ``model`` for ``profile`` and write the result to ``out`` (see module doc).
 
-    With ``sign``, a signed .edgepkg is written too: inside ``out``, or as ``out`` itself when it ends in
-    ``.edgepkg`` (then no directory is kept). With ``keep_candidates``, every candidate that built (within
-    tolerance or not) is copied to ``DIR/NAME/`` with its row in ``candidate.json``, so a user can run the
-    ones --auto did not choose instead of rebuilding them.
+    A recipe is a search over exactly one candidate, in which any failure is an error; ``--auto`` searches
+    the candidates of ``edgekit.auto`` and keeps the fastest within tolerance. With ``sign``, a signed
+    .edgepkg is written too: inside ``out``, or as ``out`` itself when it ends in ``.edgepkg`` (then no
+    directory is kept). With ``keep_candidates``, every candidate that built (within tolerance or not) is
+    copied to ``DIR/NAME/`` with its row in ``candidate.json``, so a user can run the ones --auto did not
+    choose instead of rebuilding them.
     """
+    job = _prepare(model, profile=profile, recipe=recipe, auto=auto, out=out, data=data, only=only, sign=sign,
+                   keep_candidates=keep_candidates, progress=progress)  # fmt: skip
+    plans = _plans(job)
+    common = {"model": job.bundle.name, "profile": job.profile.name, "threads": job.threads,
+              "description": job.bundle.description}  # fmt: skip
+    if dry_run:
+        first = job.recipes[0]
+        return PackageResult(
+            **common, runtime=runtime_device(target_runtime(first, job.profile), job.profile), precision="-",
+            output_dir=str(job.out), steps=[], chosen=first.name if job.strict else None, dry_run=True,
+            plan=[f"{name}: " + " -> ".join(p.name for p in steps) for name, steps in plans.items()],
+        )  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="edgekit-work-") as work:
+        results = _search(job, plans, Path(work), progress)
+        best = choose(results)
+        if best is None:
+            table = "; ".join(f"{c.name}: {c.status} {c.reason}" for c in results)
+            raise NoCandidate(f"no candidate for {job.profile.name!r} stays within tolerance and beats fp32: {table}")
+        result = PackageResult(
+            **common, runtime=runtime_device(best.runtime, job.profile), precision=best.artifact.precision,
+            output_dir=str(job.out.resolve()), steps=best.steps, chosen=best.name, plan=[s.name for s in best.steps],
+            candidates=None if job.strict else [c.row() for c in results],
+        )  # fmt: skip
+        report = result.to_json()
+        report["runtime_config"] = best.artifact.runtime_config
+        sealed = _write_output(job.out, best.artifact, report, job.bundle, threads=job.threads, signing=sign,
+                               package_file=job.package_file)  # fmt: skip
+        if job.package_file is not None:
+            result.output_dir = None
+        result.package_path = str(sealed.resolve()) if sealed is not None else None
+        return result
+
+
+def _prepare(model: str | ModelBundle, *, profile: str | DeviceProfile, recipe: Any, auto: bool, out: str | Path,
+             data: str | Path | None, only: list[str] | None, sign: Signing | None,
+             keep_candidates: str | Path | None, progress: Progress) -> _Job:  # fmt: skip
+    """Check everything a user can get wrong before any work (a bad key fails now, not after the search)."""
     from edgekit.modelsrc import load_model
 
     prof = load_profile(profile) if isinstance(profile, str) else profile
@@ -240,125 +293,80 @@ def run_package(
     if sign is not None:
         from edgekit.keys import load_signing_key
 
-        load_signing_key(sign.key, passphrase=sign.passphrase)  # a bad key fails now, not after the work
+        load_signing_key(sign.key, passphrase=sign.passphrase)
     progress(f"loading model {model if isinstance(model, str) else model.name}")
     bundle = load_model(model, data=Path(data) if data else None) if isinstance(model, str) else model
-    threads = min(prof.num_threads, os.cpu_count() or 1)
     recipes = [rec] if rec is not None else candidates(bundle, prof)
     if only:
         unknown = set(only) - {r.name for r in recipes}
         if unknown:
             raise RecipeInvalid(f"unknown --only candidate(s) {sorted(unknown)}; known: {[r.name for r in recipes]}")
         recipes = [r for r in recipes if r.name in only or is_parent(r.name, target_runtime(r, prof))]
+    threads = min(prof.num_threads, os.cpu_count() or 1)
+    return _Job(prof, bundle, recipes, rec is not None, out, package_file, keep, threads)
+
+
+def _plans(job: _Job) -> dict[str, Any]:
+    """Each candidate's planned passes; one that cannot be planned is left out of a search (not of a recipe)."""
     plans = {}
-    for r in recipes:
+    for r in job.recipes:
         try:
-            plans[r.name] = plan(r, bundle, prof)
+            plans[r.name] = plan(r, job.bundle, job.profile)
         except EdgekitError:
-            if rec is not None:
+            if job.strict:
                 raise
-    common = {"model": bundle.name, "profile": prof.name, "threads": threads, "description": bundle.description}
-    if dry_run:
-        first = recipes[0]
-        return PackageResult(
-            **common,
-            runtime=runtime_device(target_runtime(first, prof), prof),
-            precision="-",
-            output_dir=str(out),
-            steps=[],
-            chosen=None if auto else first.name,
-            plan=[f"{name}: " + " -> ".join(p.name for p in steps) for name, steps in plans.items()],
-            dry_run=True,
-        )
-    with tempfile.TemporaryDirectory(prefix="edgekit-work-") as work:
-        cache: dict[Any, Any] = {}
+    return plans
 
-        def ctx_for(name: str) -> PassContext:
-            return PassContext(
-                profile=prof, workdir=Path(work) / name, threads=threads, static_shapes=prof.static_shapes, cache=cache
-            )
 
-        progress("baseline: evaluating")
-        baseline = measure(
-            "baseline",
-            baseline_artifact(bundle),
-            bundle,
-            ctx_for("baseline"),
-            baseline=None,
-            previous=None,
-            tolerance=None,
-        )
-        progress(f"baseline: {bundle.metric_name}={baseline.metric:.4f} p50={baseline.latency_ms:.3f} ms")
-        results: list[CandidateResult] = []
-        for r in recipes:
-            runtime = target_runtime(r, prof)
-            if r.name not in plans:
-                results.append(
-                    CandidateResult(r.name, runtime, "-", None, None, None, None, "not-applicable", "plan failed")
-                )
-                continue
-            progress(f"recipe {r.name}: " + " -> ".join(p.name for p in plans[r.name]))
-            t0 = time.perf_counter()
-            try:
-                outcome = execute(
-                    plans[r.name], bundle, ctx_for(r.name), recipe=r, baseline=baseline, progress=progress
-                )
-            except EdgekitError as exc:
-                if rec is not None:
-                    raise
-                results.append(
-                    CandidateResult(r.name, runtime, "-", None, None, None, None, "not-applicable", exc.one_line())
-                )
-                continue
-            except Exception as exc:
-                if rec is not None:
-                    raise
-                reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
-                results.append(CandidateResult(r.name, runtime, "-", None, None, None, None, "error", reason))
-                continue
-            if outcome.failed is not None and rec is not None:
-                raise GateFailed(_gate_message(outcome.failed, prof))
-            last = outcome.steps[-1]
-            status = "over-tolerance" if outcome.failed else "ok"
-            results.append(
-                CandidateResult(
-                    r.name,
-                    runtime,
-                    outcome.artifact.precision,
-                    last.metric,
-                    last.performance_drop,
-                    last.latency_ms,
-                    last.size_bytes,
-                    status,
-                    "" if status == "ok" else f"drop {last.performance_drop:.2%}",
-                    seconds=round(time.perf_counter() - t0, 2),
-                    steps=outcome.steps,
-                    artifact=outcome.artifact,
-                )
-            )
-            if keep is not None:
-                _keep_candidate(keep / r.name, results[-1])
-            progress(f"recipe {r.name}: done in {time.perf_counter() - t0:.1f} s")
-        best = choose(results)
-        if best is None:
-            table = "; ".join(f"{c.name}: {c.status} {c.reason}" for c in results)
-            raise NoCandidate(f"no candidate for {prof.name!r} stays within tolerance and beats fp32: {table}")
-        result = PackageResult(
-            **common,
-            runtime=runtime_device(best.runtime, prof),
-            precision=best.artifact.precision,
-            output_dir=str(out.resolve()),
-            steps=best.steps,
-            chosen=best.name,
-            plan=[s.name for s in best.steps],
-            candidates=[c.row() for c in results] if auto else None,
-        )
-        report = result.to_json()
-        report["runtime_config"] = best.artifact.runtime_config
-        sealed = _write_output(
-            out, best.artifact, report, bundle, threads=threads, signing=sign, package_file=package_file
-        )
-        if package_file is not None:
-            result.output_dir = None
-        result.package_path = str(sealed.resolve()) if sealed is not None else None
-        return result
+def _search(job: _Job, plans: dict[str, Any], work: Path, progress: Progress) -> list[CandidateResult]:
+    """Measure the baseline, then build and measure every candidate (one, for a recipe)."""
+    cache: dict[Any, Any] = {}
+
+    def ctx_for(name: str) -> PassContext:
+        return PassContext(profile=job.profile, workdir=work / name, threads=job.threads,
+                           static_shapes=job.profile.static_shapes, cache=cache)  # fmt: skip
+
+    progress("baseline: evaluating")
+    baseline = measure("baseline", baseline_artifact(job.bundle), job.bundle, ctx_for("baseline"), baseline=None,
+                       previous=None, tolerance=None)  # fmt: skip
+    progress(f"baseline: {job.bundle.metric_name}={baseline.metric:.4f} p50={baseline.latency_ms:.3f} ms")
+    results = []
+    for r in job.recipes:
+        runtime = target_runtime(r, job.profile)
+        if r.name not in plans:
+            results.append(CandidateResult(r.name, runtime, "-", None, None, None, None, "not-applicable",
+                                           "plan failed"))  # fmt: skip
+            continue
+        progress(f"recipe {r.name}: " + " -> ".join(p.name for p in plans[r.name]))
+        t0 = time.perf_counter()
+        results.append(_candidate(job, r, runtime, plans[r.name], ctx_for(r.name), baseline, progress))
+        results[-1].seconds = round(time.perf_counter() - t0, 2)
+        if job.keep is not None and results[-1].artifact is not None:
+            _keep_candidate(job.keep / r.name, results[-1])
+        progress(f"recipe {r.name}: done in {time.perf_counter() - t0:.1f} s")
+    return results
+
+
+def _candidate(job: _Job, r: Recipe, runtime: str, steps: list[Any], ctx: PassContext, baseline: Step,
+               progress: Progress) -> CandidateResult:  # fmt: skip
+    """One candidate's row. In a search a candidate that fails is a row saying why; for a recipe, an error."""
+    try:
+        outcome = execute(steps, job.bundle, ctx, recipe=r, baseline=baseline, progress=progress)
+    except EdgekitError as exc:
+        if job.strict:
+            raise
+        return CandidateResult(r.name, runtime, "-", None, None, None, None, "not-applicable", exc.one_line())
+    except Exception as exc:
+        if job.strict:
+            raise
+        reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+        return CandidateResult(r.name, runtime, "-", None, None, None, None, "error", reason)
+    if outcome.failed is not None and job.strict:
+        raise GateFailed(_gate_message(outcome.failed, job.profile))
+    last = outcome.steps[-1]
+    status = "over-tolerance" if outcome.failed else "ok"
+    return CandidateResult(
+        r.name, runtime, outcome.artifact.precision, last.metric, last.performance_drop, last.latency_ms,
+        last.size_bytes, status, "" if status == "ok" else f"drop {last.performance_drop:.2%}",
+        steps=outcome.steps, artifact=outcome.artifact,
+    )  # fmt: skip

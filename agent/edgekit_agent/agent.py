@@ -140,7 +140,7 @@ class Agent:
             client_id=f"edgekit-agent-{self.cfg.device_id}-{self.instance}",
             protocol=mqtt.MQTTv311,
         )
-        client.will_set(self._topic("state"), self._state("offline"), qos=1, retain=True)
+        self._arm_will(client)
         client.max_queued_messages_set(1000)
         client.reconnect_delay_set(min_delay=1, max_delay=60)
         if self.cfg.username:
@@ -160,10 +160,13 @@ class Agent:
         client.on_subscribe = self._on_subscribe
         return client
 
-    def _state(self, status: str) -> bytes:
+    def _state(self, status: str, *, connection: int | None = None) -> bytes:
+        """``connection``: which broker connection of this process the message speaks for (default: the
+        current one); the store ignores a state from an older connection than the one it holds."""
         model = self.model
         return dumps({
             "status": status,
+            "connection": self.connects if connection is None else connection,
             "device": self.cfg.device_id,
             "profile": self.cfg.profile,
             "agent_version": __version__,
@@ -225,8 +228,13 @@ class Agent:
         retry.daemon = True
         retry.start()
 
+    def _arm_will(self, client: Any) -> None:
+        """The last will of the next connection, numbered as that connection (paho sends it at every connect)."""
+        client.will_set(self._topic("state"), self._state("offline", connection=self.connects + 1), qos=1, retain=True)
+
     def _on_disconnect(self, client: Any, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         self.connected.clear()
+        self._arm_will(client)
         # paho doubles the delay up to max_delay; a random start spreads a fleet's reconnects after an outage.
         client.reconnect_delay_set(min_delay=random.uniform(0.5, 2.0), max_delay=60)
         if not self.stopping.is_set():

@@ -143,6 +143,8 @@ def read_state(body: dict[str, Any]) -> dict[str, Any]:
         raise ProtocolError("capabilities must be an object")
     return {
         "status": status,
+        "instance": check_value(body.get("instance"), "str", "instance"),  # one agent process
+        "connection": check_value(body.get("connection"), "int", "connection"),  # its n-th broker connection
         "profile": check_value(body.get("profile"), "str", "profile"),
         "runtime": check_value(body.get("runtime"), "str", "runtime"),
         "package": read_package(body),

@@ -18,7 +18,7 @@ def demo(
     """Train and package digits_cnn for two profiles, start a broker, edgekit serve and three device agents,
     deploy, send inference requests, refuse a tampered package, roll 2.0 out in waves, print the fleet and
     write the HTML report; then stop every child (also on Ctrl-C)."""
-    from edgekit.fleet.demo import Demo, _prepare
+    from edgekit.cli.walkthrough import Demo, _prepare
 
     _prepare(out_dir)
     t0 = time.monotonic()

@@ -242,16 +242,20 @@ def label(
 @app.command()
 def status(fleet: opt.Fleet = opt.DEFAULT_FLEET, db: opt.Db = opt.DEFAULT_DB, fmt: opt.Format = "table") -> None:
     """One row per device: online, package, runtime, latency, throughput, power, energy, last seen."""
-    from edgekit.fleet.status import status_rows, status_table
+    from edgekit.fleet.status import status_rows, status_table, worker_lines
 
     opt.check_format(fmt)
-    rows = status_rows(_store(db), fleet)
+    store = _store(db)
+    rows = status_rows(store, fleet)
     if fmt == "json":
         print_json(rows)
-    elif not rows:
+        return
+    if not rows:
         out.print(f"no device has reported in fleet {fleet!r} yet (is edgekit serve ingesting into this --db?)")
     else:
         out.print(status_table(rows, fleet))
+    for line in worker_lines(store):
+        out.print(line, highlight=False)
 
 
 @app.command()

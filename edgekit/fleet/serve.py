@@ -11,7 +11,10 @@ import hashlib
 import logging
 import os
 import queue
+import socket
 import threading
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,6 +147,7 @@ class PackageServer:
         self.reconciler = None
         if self.ingest is not None:
             self.ingest.start()
+            threading.Thread(target=self._heartbeat, daemon=True, name="edgekit-heartbeat").start()
             if self.reconcile_grace > 0:
                 from edgekit.fleet.reconcile import Reconciler, mqtt_publisher
 
@@ -162,6 +166,29 @@ class PackageServer:
         mqtt.connect(self.client, self.broker)
         for _ in range(self.workers):
             threading.Thread(target=self._work, daemon=True, name="edgekit-serve").start()
+
+    HEARTBEAT = 5.0  # seconds; fleet status takes a worker silent for 3 beats as gone
+
+    def _heartbeat(self) -> None:
+        """Tell the store, every few seconds, whether this worker's threads are alive and what failed."""
+        from edgekit.fleet.store import Store
+
+        holder, started, store = f"serve-{uuid.uuid4().hex[:10]}@{socket.gethostname()}", time.time(), None
+        while True:
+            try:
+                store = store or Store(self.ingest.store.url, migrate=False)
+                stats = self.ingest.stats
+                detail = (
+                    f"chunks served {self.served}, refused {self.refused}, failures {self.failures}; ingest stored "
+                    f"{stats.stored}, quarantined {stats.quarantined}, writer restarts {stats.writer_restarts}"
+                    + (f"; last error: {stats.last_error}" if stats.last_error else "")
+                )
+                store.heartbeat(holder, started, self.healthy and not self._stop.is_set(), detail)
+            except Exception as exc:  # the store is away: the missing heartbeat says so
+                log.debug("heartbeat failed: %s", exc)
+                store = None
+            if self._stop.wait(self.HEARTBEAT):
+                return
 
     @property
     def healthy(self) -> bool:

@@ -34,6 +34,10 @@ from edgekit_agent.transfer import Transfer, TransferError
 from edgekit.fleet import mqtt
 from edgekit.fleet.serve import sha256_file
 
+# Each simulated device is a paho client with a socket and a wake-up socket pair; paho waits on them with
+# select(), which fails for descriptors above 1024: measured, the ~340th client in one process never connects.
+MAX_PER_PROCESS = 250
+
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -61,17 +65,24 @@ class SimDevice:
     _instance: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     _connects: int = 0
 
-    def _state(self, status: str) -> bytes:
+    def _state(self, status: str, *, connection: int | None = None) -> bytes:
+        """As the agent's: ``connection`` numbers the broker connection the state speaks for."""
         return dumps({"status": status, "device": self.device, "profile": self.profile, "agent_version": "sim",
                       "package": self.package, "runtime": None, "capabilities": {"runtimes": []},
-                      "simulated": True, "instance": self._instance, "time": _now()})  # fmt: skip
+                      "simulated": True, "instance": self._instance, "time": _now(),
+                      "connection": self._connects if connection is None else connection})  # fmt: skip
+
+    def _arm_will(self, client: Any) -> None:
+        will = self._state("offline", connection=self._connects + 1)
+        client.will_set(topic(self.fleet, self.device, "state"), will, qos=1, retain=True)
 
     def start(self) -> None:
         self._rng.seed(self.seed)
         c = mqtt.client(f"sim-{self.device}")
         c.max_queued_messages_set(0)
         c.max_inflight_messages_set(100)
-        c.will_set(topic(self.fleet, self.device, "state"), self._state("offline"), qos=1, retain=True)
+        self._arm_will(c)
+        c.on_disconnect = lambda client, *_: self._arm_will(client)  # before connect: failover chains it
         c.on_publish = self._on_publish
         c.on_connect = self._on_connect
         c.on_message = self._on_message
@@ -90,8 +101,8 @@ class SimDevice:
         # costs no JetStream consumer per device; own state: to hear a stale will, as the agent does
         kinds = ("state", "desired", "chunk/response") if self.follow is not None else ("state",)
         client.subscribe([(topic(self.fleet, self.device, k), 0) for k in kinds])
-        self._publish_state("online")
         self._connects += 1
+        self._publish_state("online")
         if self._connects > 1:  # as the agent does: a cluster node's retained view may lag after a failover
             generation = self._connects
             reread_retained(

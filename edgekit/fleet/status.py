@@ -68,3 +68,16 @@ def status_table(rows: list[dict[str, Any]], fleet: str) -> Any:
             when(r["last_seen"]),
         )  # fmt: skip
     return table
+
+
+def worker_lines(store: Any, *, within: float = 15.0) -> list[str]:
+    """One line per serve worker that sent a heartbeat lately (rich markup): healthy or not, and why."""
+    workers = store.workers(within)
+    if not workers:
+        return [f"[yellow]no edgekit serve worker has reported in the last {within:.0f} s[/] (is serve running "
+                "on this --db?)"]  # fmt: skip
+    return [
+        (f"serve {w['holder']}: [green]healthy[/]" if w["healthy"] else f"serve {w['holder']}: [red]UNHEALTHY[/]")
+        + f" ({w['detail']})"
+        for w in workers
+    ]

@@ -92,12 +92,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             topic TEXT NOT NULL, payload TEXT NOT NULL, reason TEXT NOT NULL)""",
         "CREATE INDEX quarantine_by_time ON quarantine (received)",
     )),
-    Migration(3, "the reconciler: a lease (one worker reconciles) and each device's resends", (
+    Migration(3, "the reconciler's lease and resends; the connection a device's state came from", (
         """CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires DOUBLE PRECISION NOT NULL)""",
         """CREATE TABLE reconcile (
             fleet TEXT NOT NULL, device TEXT NOT NULL, counter BIGINT NOT NULL, divergent_since DOUBLE PRECISION,
             resends INTEGER NOT NULL DEFAULT 0, last_resend DOUBLE PRECISION, next_resend DOUBLE PRECISION,
             stuck INTEGER NOT NULL DEFAULT 0, reason TEXT, PRIMARY KEY (fleet, device))""",
+        # which connection of which agent process the stored state came from: a late will of an older
+        # connection (delivered after the online state of the next one, e.g. by another serve worker) is stale
+        "ALTER TABLE devices ADD COLUMN state_instance TEXT",
+        "ALTER TABLE devices ADD COLUMN state_connection BIGINT",
+        # each serve worker's heartbeat: fleet status shows a worker whose threads died, or that went silent
+        """CREATE TABLE workers (holder TEXT PRIMARY KEY, started DOUBLE PRECISION NOT NULL,
+            updated DOUBLE PRECISION NOT NULL, healthy INTEGER NOT NULL, detail TEXT NOT NULL)""",
     )),
 )  # fmt: skip
 SCHEMA_VERSION = MIGRATIONS[-1].version
@@ -323,12 +330,20 @@ class Store:
 
     def _upsert_state(self, cur: Any, m: Message) -> None:
         r = m.record
+        # Arrival order is not publish order when several serve workers share the stream: a state from an
+        # earlier connection of the same agent process than the stored one is stale and changes nothing.
         cur.execute(
-            "INSERT INTO devices (fleet, device, profile, status, last_seen) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (fleet, device) DO UPDATE SET status = excluded.status, last_seen = excluded.last_seen, "
-            "profile = COALESCE(excluded.profile, devices.profile)",
-            (m.fleet, m.device, r["profile"], r["status"], m.received),
+            "INSERT INTO devices (fleet, device, profile, status, last_seen, state_instance, state_connection) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fleet, device) DO UPDATE SET status = excluded.status, "
+            "last_seen = excluded.last_seen, profile = COALESCE(excluded.profile, devices.profile), "
+            "state_instance = excluded.state_instance, state_connection = excluded.state_connection "
+            "WHERE devices.state_instance IS NULL OR excluded.state_instance IS NULL "
+            "OR devices.state_instance <> excluded.state_instance OR devices.state_connection IS NULL "
+            "OR excluded.state_connection IS NULL OR excluded.state_connection >= devices.state_connection",
+            (m.fleet, m.device, r["profile"], r["status"], m.received, r["instance"], r["connection"]),
         )
+        if cur.rowcount == 0:
+            return  # stale
         if r["status"] != "online":
             return  # the last will is composed at connect time: its package field may be stale
         package = r["package"] or {}
@@ -493,6 +508,19 @@ class Store:
     def release_lease(self, name: str, holder: str) -> None:
         with self.tx() as cur:
             cur.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+    def heartbeat(self, holder: str, started: float, healthy: bool, detail: str) -> None:
+        with self.tx() as cur:
+            cur.execute(
+                "INSERT INTO workers (holder, started, updated, healthy, detail) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (holder) DO UPDATE SET updated = excluded.updated, healthy = excluded.healthy, "
+                "detail = excluded.detail",
+                (holder, started, time.time(), int(healthy), detail[:500]),
+            )
+
+    def workers(self, within: float) -> list[dict[str, Any]]:
+        """Serve workers that sent a heartbeat in the last ``within`` seconds."""
+        return self.query("SELECT * FROM workers WHERE updated >= ? ORDER BY started", (time.time() - within,))
 
     def desired_now(self) -> list[dict[str, Any]]:
         """Each device's latest deployment (what it should run), over every fleet."""

@@ -121,6 +121,7 @@ def test_deploy_status_history_events_label_report(fleet):
     assert rows["dev-1"]["power_source"] in {"estimate", "none", "rapl", "hwmon"}
     code, out, _ = cli("fleet", "status")
     assert code == 0 and "dev-2" in out and "tiny@v1" in out
+    assert "healthy (chunks served" in out and "UNHEALTHY" not in out  # the fixture's serve heartbeat
     code, out, _ = cli("fleet", "watch", "--count", "2", "--interval", "0.1")
     assert code == 0 and "dev-1" in out and "tiny@v1" in out
 

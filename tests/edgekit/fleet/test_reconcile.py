@@ -159,3 +159,15 @@ def test_a_device_the_reconciler_flags_stuck_breaches_its_rollout_wave(tmp_path)
     breach = runner._await_install(wave)
     assert breach == "d1 is stuck after 5 resends (rollback: bad signature)"
     store.close()
+
+
+def test_fleet_status_says_when_a_serve_worker_is_unhealthy_or_silent(tmp_path):
+    from edgekit.fleet.status import worker_lines
+
+    store = Store(f"sqlite:///{tmp_path / 'fleet.db'}")
+    assert "no edgekit serve worker has reported" in worker_lines(store)[0]
+    store.heartbeat("w1", time.time(), True, "chunks served 3")
+    store.heartbeat("w2", time.time(), False, "ingest writer restarts 4; last error: boom")
+    lines = worker_lines(store)
+    assert "w1: [green]healthy" in lines[0] and "w2: [red]UNHEALTHY[/] (ingest writer restarts 4" in lines[1]
+    store.close()

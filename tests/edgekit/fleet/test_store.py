@@ -110,3 +110,26 @@ def test_unreachable_stores_name_the_problem(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(StoreUnreachable, match="cannot open the SQLite store"):
         Store(f"sqlite:///{tmp_path / 'file' / 'fleet.db'}")
+
+
+def test_a_late_will_of_an_earlier_connection_does_not_override_the_online_state_of_the_next(store):
+    """Two serve workers share the stream, so a device's states may be stored out of publish order."""
+
+    def state_of(status: str, connection: int | None, instance: str | None = "p1") -> Message:
+        package = {"name": "tiny", "version": "v1", "counter": 7}
+        return msg("state", "a", {"status": status, "instance": instance, "connection": connection,
+                                  "package": package})  # fmt: skip
+
+    def status() -> str:
+        return store.device("lab", "a")["status"]
+
+    store.ingest([state_of("online", 1)])
+    store.ingest([state_of("online", 2)])  # reconnected (a broker node died)
+    store.ingest([state_of("offline", 1)])  # the first connection's will, stored late by another worker
+    assert status() == "online"
+    store.ingest([state_of("offline", 2)])  # the second connection dies: its own will counts
+    assert status() == "offline"
+    store.ingest([state_of("online", 1, instance="p2")])  # the agent restarted: a new process, whatever its number
+    assert status() == "online" and store.device("lab", "a")["state_instance"] == "p2"
+    store.ingest([state_of("offline", None, instance=None)])  # an agent that numbers nothing: arrival order
+    assert status() == "offline"

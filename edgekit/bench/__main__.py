@@ -13,55 +13,20 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def machine() -> str:
-    from edgekit.profiles import cpu_name
-
-    system = f"{platform.system()} {platform.release()}"
-    return f"{cpu_name()}, {os.cpu_count()} cores, {system}, Python {platform.python_version()}"
-
-
-def isa() -> list[str]:
-    """Recorded with every section: INT8 can win on one ISA and lose on another, so a figure names its flags."""
-    from edgekit.profiles import int8_speed_flags
-
-    return int8_speed_flags()
-
-
-def log(msg: str) -> None:
-    print(f"· {msg}", file=sys.stderr, flush=True)
-
-
-def header(res: dict[str, Any]) -> str:
-    if "cpu_flags" not in res:
-        flags = "CPU flags not recorded by this run"
-    else:
-        flags = "CPU flags " + ("/".join(res["cpu_flags"]) or "none of avx2/avx512_vnni/avx_vnni/amx_int8")
-    return f"Measured {res['date']} on {res['machine']} ({flags}) with `{res['command']}`."
-
+from edgekit.bench import ROOT, isa, log, machine
 
 QUICK = ("models", "agent", "fleet")  # packaging time and NATS scaling take minutes by nature
 
 
 def _sections() -> dict[str, Any]:
     """name -> module with ``run() -> dict`` and ``render(dict) -> lines`` (and optionally ``plot``)."""
-    from edgekit import bench_agent, bench_fleet, bench_models, bench_package, bench_scaling
+    from edgekit.bench import agent, fleet, models, package, scaling
 
-    return {
-        "models": bench_models,
-        "package": bench_package,
-        "agent": bench_agent,
-        "fleet": bench_fleet,
-        "scaling": bench_scaling,
-    }
+    return {"models": models, "package": package, "agent": agent, "fleet": fleet, "scaling": scaling}
 
 
 def run(sections: list[str], out_md: Path, results_dir: Path, *, quick: bool = False) -> None:

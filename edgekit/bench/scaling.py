@@ -1,6 +1,6 @@
 """Bench section ``scaling`` (issue 9): a 3-node NATS cluster speaking MQTT, serve workers, PostgreSQL.
 
-1. **Failover rollout** (:func:`failover_rollout`, also run by ``tests/edgekit/fleet/test_cluster.py``):
+1. **Failover rollout** (``edgekit.fleet.failover``, also run by ``tests/edgekit/fleet/test_cluster.py``):
    100 simulated devices spread over the 3 nodes install v1, then v2 in waves ``10%,100%``; node 0 (a third
    of the devices, and the first NATS URL of worker 0) is killed with ``kill -9`` when the last wave starts,
    while every device sends QoS1 telemetry at 2 Hz. Figures: rollout time, time until every device is
@@ -16,133 +16,21 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from edgekit.bench import header, log
+from edgekit.fleet.failover import DEVICES, failover_rollout
 
-DEVICES = 100
-RATE = 2.0  # telemetry messages per second per device during the rollouts
-RECONCILE_GRACE = 10.0  # seconds a device may run another package before a serve worker resends desired
 DRAIN = (200, 150)  # devices x messages held for the workers, as in the fleet section
-
-
-def failover_rollout(work: Path, db: str, v1: Path, v2: Path, key: Path, *, devices: int = DEVICES) -> dict[str, Any]:
-    """The issue's scenario; returns its figures (the caller asserts or reports them)."""
-    from edgekit.fleet import rollout
-    from edgekit.fleet.deploy import release
-    from edgekit.fleet.ingest import Ingest
-    from edgekit.fleet.natscluster import NatsCluster
-    from edgekit.fleet.serve import PackageServer
-    from edgekit.fleet.sim import Simulation
-    from edgekit.fleet.store import Store
-
-    repo = work / "repo"
-    profile = release(v1, repo).profile
-    cluster = NatsCluster(work / "nats", size=3)
-    cluster.start()
-    nats = cluster.nats_urls
-    store = Store(db)
-    mqtt_urls = cluster.mqtt_urls
-    # both workers run the reconciler; the store's lease lets one resend at a time
-    workers = [
-        PackageServer(repo, ",".join(mqtt_urls[i:] + mqtt_urls[:i]), ingest=Ingest(Store(db)),
-                      nats=",".join(nats[i:] + nats[:i]), reconcile_grace=RECONCILE_GRACE)
-        for i in (0, 1)
-    ]  # fmt: skip
-    sim = Simulation(",".join(cluster.mqtt_urls), "lab", devices, profile=profile, follow=work / "sim")
-    stop = threading.Event()
-    sender = threading.Thread(target=lambda: sim.run(messages=10**9, rate=RATE, stop=stop), daemon=True)
-    res: dict[str, Any] = {"devices": devices, "nodes": 3, "workers": 2, "rate_hz": RATE}
-    killed: dict[str, float] = {}
-    policy = rollout.Policy(min_soak=2.0, install_timeout=120.0, max_p95_regression=1.0, poll=0.25)
-
-    def kill_at_last_wave(message: str) -> None:
-        if message.startswith("wave 2") and "told to install" in message and not killed:
-            res["on_killed_node"] = sum(1 for d in sim.devices if d.port == cluster.nodes[0].mqtt_port)
-            killed["t"] = time.monotonic()
-            cluster.kill(0)
-
-    def roll_out(package: Path, waves: list[str], on_log: Any = lambda _m: None) -> dict[str, Any]:
-        doc = rollout.plan(store, "lab", package, repo, profile, waves, policy)
-        # the host's own connection fails over as well: node 0 is first in its list
-        runner = rollout.Runner(store, ",".join(cluster.mqtt_urls), doc, key=key, repository=repo, on_log=on_log)
-        t0 = time.monotonic()
-        doc = runner.run()
-        return {"status": doc["status"], "seconds": time.monotonic() - t0, "log": [e["message"] for e in doc["log"]]}
-
-    try:
-        for w in workers:
-            w.start()
-        sim.start()
-        deadline = time.monotonic() + 60
-        while len(store.group("lab", profile)) < devices and time.monotonic() < deadline:
-            time.sleep(0.2)
-        sender.start()
-        res["v1"] = roll_out(v1, ["100%"])
-        res["v1"]["running"] = sim.running(release(v1, repo).desired.version)
-        res["v2"] = roll_out(v2, ["10%", "100%"], kill_at_last_wave)
-        version = release(v2, repo).desired.version
-        res["v2"]["running"] = sim.running(version)
-        res["killed_node"] = "n0" if killed else None
-        if killed:
-            res["reconnect_s"] = _all_connected(sim, killed["t"])
-            res["still_on_killed_node"] = sum(1 for d in sim.devices if d.port == cluster.nodes[0].mqtt_port)
-        # A will can still arrive after the reconnect (a connection the cluster found dead late, or closed as
-        # a duplicate client id); the device hears its own stale will and says "online" again. So the states
-        # are read once they settle (60 s at most), and how long that took is reported with them.
-        t_states = time.monotonic()
-        while True:
-            res["states"] = sorted({(r["status"], r["package_version"]) for r in store.group("lab", profile)})
-            if res["states"] == [("online", version)] or time.monotonic() - t_states > 60:
-                break
-            time.sleep(0.2)
-        res["states_settled_s"] = round(time.monotonic() - t_states, 1)
-        stop.set()
-        sender.join(30)
-        res["all_acked"] = sim.wait_acked(60)
-        res["sent"] = sim.sent
-        deadline = time.monotonic() + 60
-        while _telemetry(store) < res["sent"] and time.monotonic() < deadline:
-            time.sleep(0.2)
-        res["stored"] = _telemetry(store)
-        res["lost"] = res["sent"] - res["stored"]
-        res["duplicates_skipped"] = sum(w.ingest.stats.duplicates for w in workers)
-        res["chunks_served"] = [w.served for w in workers]
-        res["installs"] = sum(d.installs for d in sim.devices)
-        res["desired_resends"] = sum(w.reconciler.stats.resends for w in workers)
-        res["resent_by_workers"] = sum(1 for w in workers if w.reconciler.stats.resends)
-    finally:
-        stop.set()
-        sim.stop()
-        for w in workers:
-            w.stop()
-        store.close()
-        cluster.stop()
-    return res
-
-
-def _telemetry(store: Any) -> int:
-    return store.query("SELECT COUNT(*) AS n FROM telemetry WHERE fleet = 'lab'")[0]["n"]
-
-
-def _all_connected(sim: Any, since: float) -> float | None:
-    """Seconds from the kill until every simulated device's client is connected again (None: not in 60 s)."""
-    deadline = since + 60
-    while time.monotonic() < deadline:
-        if all(d.connected for d in sim.devices):
-            return time.monotonic() - since
-        time.sleep(0.05)
-    return None
 
 
 def _nats_drain(tmp: Path, db: str, workers: int) -> dict[str, Any]:
     """NATS twin of ``bench_fleet._drain``: the durable consumer (created by a first start of the workers)
     keeps what devices publish while no worker runs; then ``workers`` processes drain it together."""
-    from edgekit.bench_fleet import _await_drain, _finish, _publish
+    from edgekit.bench.fleet import _await_drain, _finish, _publish
     from edgekit.fleet.natscluster import NatsCluster
     from edgekit.fleet.store import Store
 
@@ -201,7 +89,7 @@ def _packages(tmp: Path) -> tuple[Path, Path, Path]:
 
 
 def run(*, quick: bool = False) -> dict[str, Any]:  # quick: not part of the quick run
-    from edgekit.bench_fleet import _drain, _postgres
+    from edgekit.bench.fleet import _drain, _postgres
     from edgekit.fleet.broker import LocalBroker
     from edgekit.fleet.natscluster import nats_server_path
 
@@ -232,6 +120,19 @@ def run(*, quick: bool = False) -> dict[str, Any]:  # quick: not part of the qui
     return res
 
 
+def _reconciler_rows(f: dict[str, Any]) -> list[str]:
+    """Rows a run before the reconciler existed did not record."""
+    rows = []
+    converged = f["v2"].get("converged_after_kill_s")
+    if converged and converged.get("devices"):
+        rows.append(f"| devices running v2 after the kill: count, p50 / max seconds from the kill | "
+                    f"{converged['devices']}, {converged['p50']:.1f} / {converged['max']:.1f} s |")  # fmt: skip
+    if "desired_resends" in f:
+        rows.append(f"| desired resent by the reconciler (workers that resent) | {f['desired_resends']} "
+                    f"({f['resent_by_workers']}) |")  # fmt: skip
+    return rows
+
+
 def render(res: dict[str, Any]) -> list[str]:
     lines = ["## Scaling out: NATS cluster, failover, serve workers (issue 9)", "", header(res), ""]
     if "unavailable" in res:
@@ -242,7 +143,7 @@ def render(res: dict[str, Any]) -> list[str]:
         f"**Failover rollout**: {f['devices']} simulated devices (real paho clients that pull packages through the",
         "chunk protocol) spread over 3 `nats-server` nodes, 2 `edgekit serve --nats` workers, PostgreSQL,",
         f"telemetry at {f['rate_hz']:g} Hz per device. Node 0 is killed (`kill -9`) when the rollout's last wave",
-        "starts. See `edgekit.bench_scaling.failover_rollout` (the test runs the same function).",
+        "starts. See `edgekit.fleet.failover` (the test runs the same function).",
         "",
         "| figure | value |",
         "|---|---|",
@@ -256,6 +157,7 @@ def render(res: dict[str, Any]) -> list[str]:
         f"| telemetry sent / stored / lost | {f['sent']} / {f['stored']} / {f['lost']} |",
         f"| redelivered duplicates skipped by the store | {f['duplicates_skipped']} |",
         f"| chunks served by worker 0 / worker 1 | {f['chunks_served'][0]} / {f['chunks_served'][1]} |",
+        *_reconciler_rows(f),
         "",
         "**Worker throughput**: a backlog of "
         f"{DRAIN[0]} devices x {DRAIN[1]} QoS1 telemetry messages is held by the broker while no worker runs",
@@ -271,5 +173,5 @@ def render(res: dict[str, Any]) -> list[str]:
     return lines
 
 
-if __name__ == "__main__":  # quick look without touching docs: python -m edgekit.bench_scaling
+if __name__ == "__main__":  # quick look without touching docs: python -m edgekit.bench.scaling
     print(json.dumps(run(), indent=1, default=str))

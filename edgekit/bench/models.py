@@ -256,9 +256,6 @@ def build_peers(bundle: ModelBundle, rows: dict[str, dict[str, Any]], work: Path
       384: Olive cannot detect them in this graph) then ``OnnxDynamicQuantization`` for MiniLM; for the
       non-transformers ``OnnxDynamicQuantization`` alone, Olive's CPU INT8 pass that needs no data config.
     """
-    from edgekit.evaluate import size_bytes
-    from edgekit.hostrt import predictor
-
     onnx_fp32 = Path(rows["onnxruntime-fp32"]["path"])
     ov_fp32 = Path(rows["openvino-fp32"]["path"])
 
@@ -312,32 +309,27 @@ def build_peers(bundle: ModelBundle, rows: dict[str, dict[str, Any]], work: Path
                                         "installs it once into .venv-olive)", "kind": None, "path": None}  # fmt: skip
     for i, (name, build) in enumerate(peers.items()):
         log(f"{bundle.name}: {name}")
-        out = work / f"peer-{i}"
-        out.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        try:
-            artifact = build(out)
-            metric, _ = bundle.evaluate(predictor(artifact, threads=2))
-            base = rows["torch-fp32"]["metric"]
-            drop, size = (base - metric) / base if base else 0.0, size_bytes(artifact)
-        except Exception as exc:  # a peer that fails here is reported as such, honestly, not hidden
-            from edgekit.errors import first_line
+        rows[name] = _build_peer(bundle, build, work / f"peer-{i}", rows["torch-fp32"]["metric"])
 
-            rows[name] = {"status": "error", "reason": first_line(exc, 200), "kind": None, "path": None}
-            continue
-        rows[name] = _variant(
-            {
-                "metric": metric,
-                "performance_drop": drop,
-                "size_bytes": size,
-                "precision": "int8",
-                "seconds": round(time.perf_counter() - t0, 2),
-                "status": "ok",
-            },
-            kind=artifact.kind,
-            path=artifact.path,
-            runtime_config=artifact.runtime_config,
-        )
+
+def _build_peer(bundle: ModelBundle, build: Callable[[Path], Artifact], out: Path, base: float) -> dict[str, Any]:
+    """One peer's row: built into ``out``, scored like every edgekit row; a peer that fails is reported so."""
+    from edgekit.evaluate import size_bytes
+    from edgekit.hostrt import predictor
+
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    try:
+        artifact = build(out)
+        metric, _ = bundle.evaluate(predictor(artifact, threads=2))
+        drop, size = (base - metric) / base if base else 0.0, size_bytes(artifact)
+    except Exception as exc:  # a peer that fails here is reported as such, honestly, not hidden
+        from edgekit.errors import first_line
+
+        return {"status": "error", "reason": first_line(exc, 200), "kind": None, "path": None}
+    row = {"metric": metric, "performance_drop": drop, "size_bytes": size, "precision": "int8",
+           "seconds": round(time.perf_counter() - t0, 2), "status": "ok"}  # fmt: skip
+    return _variant(row, kind=artifact.kind, path=artifact.path, runtime_config=artifact.runtime_config)
 
 
 def measure_variants(

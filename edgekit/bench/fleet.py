@@ -50,7 +50,7 @@ def _serve(
 
 def _publish(url: str, fleet: str, devices: int, messages: int) -> list[subprocess.Popen]:
     """At most MAX_PER_PROCESS simulated devices per process (paho's select() limit): one process per shard."""
-    from edgekit.cli.sim import MAX_PER_PROCESS
+    from edgekit.fleet.sim import MAX_PER_PROCESS
 
     edgekit = Path(sys.executable).with_name("edgekit")
     shards = [min(MAX_PER_PROCESS, devices - i) for i in range(0, devices, MAX_PER_PROCESS)]
