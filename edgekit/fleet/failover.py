@@ -20,9 +20,17 @@ RATE = 2.0  # telemetry messages per second per device during the rollouts
 RECONCILE_GRACE = 10.0  # seconds a device may run another package before a serve worker resends desired
 
 
-def failover_rollout(work: Path, db: str, v1: Path, v2: Path, key: Path, *, devices: int = DEVICES) -> dict[str, Any]:
-    """Run the scenario (see the module doc); returns its figures."""
+def failover_rollout(
+    work: Path, db: str, v1: Path, v2: Path, key: Path, *, devices: int = DEVICES, before_wave: bool = False
+) -> dict[str, Any]:
+    """Run the scenario (see the module doc); returns its figures.
+
+    ``before_wave``: kill the node just before the last wave's desired states are published instead of just
+    after (small packages install within ~50 ms of the publish, so only then do devices converge after the
+    kill: through the surviving nodes' retained view, or the reconciler).
+    """
     scenario = _Scenario(work, db, v1, key, devices)
+    scenario.kill_on = "wave 1: healthy" if before_wave else "wave 2"
     try:
         scenario.start()
         res = scenario.res
@@ -75,8 +83,11 @@ class _Scenario:
             time.sleep(0.2)
         self.sender.start()
 
+    kill_on = "wave 2"  # the log line that triggers the kill (see failover_rollout)
+
     def kill_at_last_wave(self, message: str) -> None:
-        if message.startswith("wave 2") and "told to install" in message and not self.killed:
+        told = "told to install" in message or self.kill_on != "wave 2"
+        if message.startswith(self.kill_on) and told and not self.killed:
             self.res["on_killed_node"] = sum(1 for d in self.sim.devices if d.port == self.cluster.nodes[0].mqtt_port)
             self.killed["t"] = time.monotonic()
             self.cluster.kill(0)
