@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.bench import header, log
+from edgekit.bench import ROOT, header, log
 from edgekit.fleet.serve import PackageServer
 
 CHUNK = 256 * 1024
@@ -38,7 +38,7 @@ def _package(tmp: Path, model: str, recipe: str, key: Path, out: Path, *, pad: i
     from edgekit.build import run_package
     from edgekit.edgepkg import Signing, write_edgepkg
 
-    recipes = Path(__file__).resolve().parent.parent / "models" / "recipes"
+    recipes = ROOT / "models" / "recipes"
     result = run_package(model, profile="x86-64-generic", recipe=recipes / recipe, out=tmp / model)
     if pad:
         source = Path(result.output_dir)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.artifact import Artifact
+from edgekit.bench import ROOT
 from edgekit.bundle import Feed, ModelBundle
 
 MODELS = ("digits_cnn", "recommender", "minilm")
@@ -193,7 +194,7 @@ def build_variants(bundle: ModelBundle, work: Path) -> tuple[dict[str, dict[str,
     return rows, summary
 
 
-OLIVE_VENV = Path(__file__).resolve().parent.parent / ".venv-olive"
+OLIVE_VENV = ROOT / ".venv-olive"
 # Olive gets its own virtualenv (its dependencies must not move ours); torch first and exactly pinned, as
 # in the Makefile, so pip takes the local CPU wheel instead of pulling CUDA.
 OLIVE_PINS = [

@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from edgekit.bench import header, log
+from edgekit.bench import ROOT, header, log
 from edgekit.fleet.failover import DEVICES, failover_rollout
 
 DRAIN = (200, 150)  # devices x messages held for the workers, as in the fleet section
@@ -78,7 +78,7 @@ def _packages(tmp: Path) -> tuple[Path, Path, Path]:
     from edgekit.keys import init_keys
 
     keys = init_keys(tmp / "keys")
-    recipes = Path(__file__).resolve().parent.parent / "models" / "recipes"
+    recipes = ROOT / "models" / "recipes"
     result = run_package("digits_cnn", profile="x86-64-generic", recipe=recipes / "digits_int8_static.yaml",
                          out=tmp / "digits")  # fmt: skip
     out = []
