@@ -63,10 +63,37 @@ class PackageResult:
         }
 
 
-def check_writable(out: Path) -> None:
-    """Fail before any work when the output cannot be written (a parent that is a file, a read-only mount...)."""
+def written_by_edgekit(directory: Path) -> bool:
+    """Whether everything in ``directory`` is something ``edgekit package`` writes: model files (any runtime's
+    entry, sidecars, ONNX external data), ``sample/``, ``report.json``, ``*.edgepkg``, or ``--keep-candidates``
+    folders (``NAME/candidate.json``). Anything else is the user's, and is not deleted without --force."""
+    from edgekit_agent.runtimes import REGISTRY
+
+    ours = {"report.json", "sample"} | {r.entry for r in REGISTRY.values()}
+    ours |= {Path(r.entry).with_suffix(x).name for r in REGISTRY.values() for x in r.sidecars}
+    for entry in directory.iterdir():
+        if entry.name in ours or entry.suffix in (".edgepkg", ".data") or (entry / "candidate.json").is_file():
+            continue
+        return False
+    return True
+
+
+def check_writable(out: Path, *, option: str = "--out", force: bool = False) -> None:
+    """Fail before any work when the output cannot be written (a parent that is a file, a read-only mount...),
+    or when writing it would delete something of the user's: an existing directory edgekit did not write is
+    replaced only with ``force``, and the current directory or one above it never."""
+    here = Path.cwd().resolve()
+    target = out.resolve()
+    if not out.name or target == here or target in here.parents:
+        raise OutputNotWritable(f"{option} {out} is the current directory or above it; give a new directory, "
+                                "e.g. out/model")  # fmt: skip
     if out.exists() and not out.is_dir() and out.suffix != ".edgepkg":
-        raise OutputNotWritable(f"--out {out} exists and is not a directory; choose a directory path")
+        raise OutputNotWritable(f"{option} {out} exists and is not a directory; choose a directory path")
+    if out.is_dir() and any(out.iterdir()) and not force and not written_by_edgekit(out):
+        raise OutputNotWritable(
+            f"{option} {out} exists and was not written by edgekit; it would be replaced: choose a new directory, "
+            "or pass --force to replace it"
+        )
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         probe = tempfile.mkdtemp(prefix=".edgekit-probe-", dir=out.parent)
@@ -228,6 +255,7 @@ def run_package(
     only: list[str] | None = None,
     sign: Signing | None = None,
     keep_candidates: str | Path | None = None,
+    force: bool = False,
     progress: Progress = lambda _msg: None,
 ) -> PackageResult:
     """Compress and convert ``model`` for ``profile`` and write the result to ``out`` (see module doc).
@@ -237,10 +265,11 @@ def run_package(
     .edgepkg is written too: inside ``out``, or as ``out`` itself when it ends in ``.edgepkg`` (then no
     directory is kept). With ``keep_candidates``, every candidate that built (within tolerance or not) is
     copied to ``DIR/NAME/`` with its row in ``candidate.json``, so a user can run the ones --auto did not
-    choose instead of rebuilding them.
+    choose instead of rebuilding them. An existing ``out`` that edgekit did not write is replaced only with
+    ``force``.
     """
     job = _prepare(model, profile=profile, recipe=recipe, auto=auto, out=out, data=data, only=only, sign=sign,
-                   keep_candidates=keep_candidates, progress=progress)  # fmt: skip
+                   keep_candidates=keep_candidates, progress=progress, force=force)  # fmt: skip
     plans = _plans(job)
     common = {"model": job.bundle.name, "profile": job.profile.name, "threads": job.threads,
               "description": job.bundle.description}  # fmt: skip
@@ -274,7 +303,7 @@ def run_package(
 
 def _prepare(model: str | ModelBundle, *, profile: str | DeviceProfile, recipe: Any, auto: bool, out: str | Path,
              data: str | Path | None, only: list[str] | None, sign: Signing | None,
-             keep_candidates: str | Path | None, progress: Progress) -> _Job:  # fmt: skip
+             keep_candidates: str | Path | None, progress: Progress, force: bool = False) -> _Job:  # fmt: skip
     """Check everything a user can get wrong before any work (a bad key fails now, not after the search)."""
     from edgekit.modelsrc import load_model
 
@@ -286,10 +315,10 @@ def _prepare(model: str | ModelBundle, *, profile: str | DeviceProfile, recipe: 
     package_file = out if out.suffix == ".edgepkg" else None
     if package_file is not None and sign is None:
         raise RecipeInvalid(f"--out {out} names a package file; give --key KEY to sign it (or --out a directory)")
-    check_writable(out)
+    check_writable(out, force=force)
     keep = Path(keep_candidates) if keep_candidates is not None else None
     if keep is not None:
-        check_writable(keep)
+        check_writable(keep, option="--keep-candidates", force=force)
     if sign is not None:
         from edgekit.keys import load_signing_key
 

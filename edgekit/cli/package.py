@@ -77,6 +77,9 @@ def package(
     ] = None,
     data: Annotated[Path | None, typer.Option(help="for an .onnx MODEL: .npz with one array per input")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the resolved plan and exit")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="replace an existing --out directory that edgekit did not write")
+    ] = False,
     fmt: opt.Format = "table",
     key: opt.Key = None,
     name: opt.Name = None,
@@ -103,6 +106,7 @@ def package(
             data=data,
             only=[s.strip() for s in only.split(",")] if only else None,
             keep_candidates=keep_candidates,
+            force=force,
             sign=opt.signing(
                 key, name=name, version=version, counter=counter, issued_at=issued_at, expires_in=expires_in
             )

@@ -267,3 +267,32 @@ def test_neither_recipe_nor_auto(cli, tmp_path):
 
 def test_unknown_model(cli, tmp_path):
     assert "ModelNotFound" in fails(cli, "resnet9000", "--profile", "x86-64-generic", "--auto", "--out", tmp_path / "o")
+
+
+def test_out_never_deletes_what_edgekit_did_not_write_and_refuses_degenerate_paths(cli, tmp_path, monkeypatch):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's own notes")
+    recipe = RECIPES / "digits_int8_static.yaml"
+    err = fails(cli, "digits_cnn", "--profile", "x86-64-generic", "--recipe", recipe, "--out", mine)
+    assert "OutputNotWritable" in err and "not written by edgekit" in err and "--force" in err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]  # refused before any work, nothing touched
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "thesis.tex").write_text("x")
+    err = fails(cli, "digits_cnn", "--profile", "x86-64-generic", "--auto", "--out", tmp_path / "o",
+                "--keep-candidates", kept)  # fmt: skip
+    assert "--keep-candidates" in err and (kept / "thesis.tex").exists()
+    monkeypatch.chdir(mine)
+    for degenerate in (".", "..", str(tmp_path)):
+        err = fails(cli, "digits_cnn", "--profile", "x86-64-generic", "--recipe", recipe, "--out", degenerate)
+        assert "current directory or above it" in err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    monkeypatch.chdir(tmp_path)
+    # what edgekit wrote is replaced on the next run, and --force replaces a foreign directory on request
+    report = package_x86(cli, "digits_cnn", recipe, tmp_path / "o")
+    assert package_x86(cli, "digits_cnn", recipe, tmp_path / "o")["chosen"] == report["chosen"]
+    code, _, err = cli("package", "digits_cnn", "--profile", "x86-64-generic", "--recipe", recipe, "--out", mine,
+                       "--force")  # fmt: skip
+    assert code == 0, err
+    assert not (mine / "notes.txt").exists() and (mine / "report.json").exists()
