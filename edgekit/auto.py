@@ -41,7 +41,7 @@ class CandidateResult:
     performance_drop: float | None
     latency_ms: float | None
     size_bytes: int | None
-    status: str  # ok | over-tolerance | slower-than-fp32 | not-applicable | error
+    status: str  # ok | over-tolerance | over-budget | slower-than-fp32 | not-applicable | error
     reason: str = ""
     seconds: float | None = None  # wall time to build and measure this candidate
     steps: list[Any] = field(default_factory=list)

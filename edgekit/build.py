@@ -21,7 +21,7 @@ import numpy as np
 from edgekit.auto import CandidateResult, candidates, choose, is_parent
 from edgekit.bundle import ModelBundle
 from edgekit.edgepkg import Signing
-from edgekit.errors import EdgekitError, GateFailed, NoCandidate, OutputNotWritable, RecipeInvalid
+from edgekit.errors import EdgekitError, GateFailed, ModelTooLarge, NoCandidate, OutputNotWritable, RecipeInvalid
 from edgekit.passes import PassContext
 from edgekit.pipeline import Progress, Step, baseline_artifact, execute, measure, plan, runtime_device, target_runtime
 from edgekit.profiles import DeviceProfile, load_profile
@@ -393,9 +393,19 @@ def _candidate(job: _Job, r: Recipe, runtime: str, steps: list[Any], ctx: PassCo
     if outcome.failed is not None and job.strict:
         raise GateFailed(_gate_message(outcome.failed, job.profile))
     last = outcome.steps[-1]
-    status = "over-tolerance" if outcome.failed else "ok"
+    status, reason = ("over-tolerance", f"drop {last.performance_drop:.2%}") if outcome.failed else ("ok", "")
+    budget = job.profile.max_model_mb
+    if status == "ok" and last.size_bytes > budget * 2**20:
+        reason = f"{last.size_bytes / 2**20:.2f} MB is over the profile's max_model_mb {budget:g}"
+        if job.strict:
+            raise ModelTooLarge(f"the packaged model of {r.name!r}: {reason} ({job.profile.name!r}); compress it "
+                                "further (quantize, prune) or raise max_model_mb in the profile")  # fmt: skip
+        status = "over-budget"
+    lat = job.profile.latency_budget_ms
+    if status == "ok" and lat is not None and last.latency_ms > lat:  # a host figure: said, not acted on
+        progress(f"recipe {r.name}: host p50 {last.latency_ms:.3f} ms is over the profile's latency_budget_ms "
+                 f"{lat:g} (measured on this host, not on the device)")  # fmt: skip
     return CandidateResult(
         r.name, runtime, outcome.artifact.precision, last.metric, last.performance_drop, last.latency_ms,
-        last.size_bytes, status, "" if status == "ok" else f"drop {last.performance_drop:.2%}",
-        steps=outcome.steps, artifact=outcome.artifact,
+        last.size_bytes, status, reason, steps=outcome.steps, artifact=outcome.artifact,
     )  # fmt: skip

@@ -52,6 +52,10 @@ class GateFailed(EdgekitError):
     exit_code = 3
 
 
+class ModelTooLarge(EdgekitError):
+    exit_code = 3
+
+
 class OutputNotWritable(EdgekitError):
     pass
 

@@ -107,7 +107,7 @@ def assert_kept_candidates_reproduce_their_rows(kept, rows, bundle):
 
     final = {n for n, r in rows.items() if r["status"] in ("ok", "slower-than-fp32")}
     # an over-tolerance candidate is kept when its gate failed after export; one stopped in torch has no file
-    built = final | {n for n, r in rows.items() if r["status"] == "over-tolerance"}
+    built = final | {n for n, r in rows.items() if r["status"] in ("over-tolerance", "over-budget")}
     names = {p.name for p in kept.iterdir()}
     assert final and final <= names <= built
     for name in names:
@@ -296,3 +296,21 @@ def test_out_never_deletes_what_edgekit_did_not_write_and_refuses_degenerate_pat
                        "--force")  # fmt: skip
     assert code == 0, err
     assert not (mine / "notes.txt").exists() and (mine / "report.json").exists()
+
+
+def test_a_model_over_the_profiles_max_model_mb_is_refused_or_left_out(cli, tmp_path):
+    import yaml
+
+    from edgekit.profiles import load_profile
+
+    tiny = load_profile("x86-64-generic").model_dump(mode="json", exclude_none=True)
+    tiny |= {"name": "tiny-flash", "max_model_mb": 0.5}  # digits fp32 is 3.4 MB, INT8 0.87 MB, pruned INT8 0.23 MB
+    profile = tmp_path / "tiny-flash.yaml"
+    profile.write_text(yaml.safe_dump(tiny))
+    err = fails(cli, "digits_cnn", "--profile", profile, "--recipe", RECIPES / "digits_int8_static.yaml",
+                "--out", tmp_path / "o")  # fmt: skip
+    assert "ModelTooLarge" in err and "max_model_mb 0.5" in err and not (tmp_path / "o").exists()
+    report = package_json(cli, "digits_cnn", "--profile", profile, "--auto", "--out", tmp_path / "a")
+    rows = {c["name"]: c for c in report["candidates"]}
+    assert rows[report["chosen"]]["size_bytes"] <= 0.5 * 2**20
+    assert rows["onnxruntime-int8-static"]["status"] == "over-budget"
