@@ -6,7 +6,7 @@
    while every device sends QoS1 telemetry at 2 Hz. Figures: rollout time, time until every device is
    connected again, telemetry sent / stored / lost.
 2. **Worker throughput**: what 1 and 2 ``edgekit serve`` processes drain from a backlog the broker holds
-   for them, on Mosquitto (shared subscription + persistent sessions, ``bench_fleet._drain``) and on the NATS
+   for them, on Mosquitto (shared subscription + persistent sessions, ``edgekit.bench.fleet._drain``) and on the NATS
    cluster (one durable JetStream consumer), both into PostgreSQL.
 """
 
@@ -28,7 +28,7 @@ DRAIN = (200, 150)  # devices x messages held for the workers, as in the fleet s
 
 
 def _nats_drain(tmp: Path, db: str, workers: int) -> dict[str, Any]:
-    """NATS twin of ``bench_fleet._drain``: the durable consumer (created by a first start of the workers)
+    """NATS twin of ``edgekit.bench.fleet._drain``: the durable consumer (created by a first start of the workers)
     keeps what devices publish while no worker runs; then ``workers`` processes drain it together."""
     from edgekit.bench.fleet import _await_drain, _finish, _publish
     from edgekit.fleet.natscluster import NatsCluster
