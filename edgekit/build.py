@@ -21,7 +21,15 @@ import numpy as np
 from edgekit.auto import CandidateResult, candidates, choose, is_parent
 from edgekit.bundle import ModelBundle
 from edgekit.edgepkg import Signing
-from edgekit.errors import EdgekitError, GateFailed, ModelTooLarge, NoCandidate, OutputNotWritable, RecipeInvalid
+from edgekit.errors import (
+    EdgekitError,
+    GateFailed,
+    ModelTooLarge,
+    NoCandidate,
+    OutputNotWritable,
+    RecipeInvalid,
+    first_line,
+)
 from edgekit.passes import PassContext
 from edgekit.pipeline import Progress, Step, baseline_artifact, execute, measure, plan, runtime_device, target_runtime
 from edgekit.profiles import DeviceProfile, load_profile
@@ -388,7 +396,7 @@ def _candidate(job: _Job, r: Recipe, runtime: str, steps: list[Any], ctx: PassCo
     except Exception as exc:
         if job.strict:
             raise
-        reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+        reason = f"{type(exc).__name__}: {first_line(exc, 200)}"
         return CandidateResult(r.name, runtime, "-", None, None, None, None, "error", reason)
     if outcome.failed is not None and job.strict:
         raise GateFailed(_gate_message(outcome.failed, job.profile))

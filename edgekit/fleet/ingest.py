@@ -27,8 +27,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from edgekit_agent.protocol import ProtocolError, loads, parse_topic
+from edgekit_agent.protocol import ProtocolError, dumps, loads, parse_topic, topic
 
+from edgekit.errors import first_line
 from edgekit.fleet.store import Message, Store, digest, message
 
 log = logging.getLogger("edgekit.ingest")
@@ -61,15 +62,13 @@ class _Refused:
     received: float
 
 
-def _refusal(m: Message, exc: Exception) -> tuple[str, bytes, str, float]:
-    from edgekit_agent.protocol import dumps, topic
-
-    reason = f"the store refused it: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+def _refusal(m: Message, exc: Exception) -> _Refused:
+    reason = f"the store refused it: {type(exc).__name__}: {first_line(exc, 200)}"
     try:
         payload = dumps(m.body)
     except ValueError:
         payload = repr(m.body)[:2048].encode()
-    return topic(m.fleet, m.device, m.kind), payload, reason, m.received
+    return _Refused(topic(m.fleet, m.device, m.kind), payload, reason, m.received)
 
 
 @dataclass
@@ -156,7 +155,7 @@ class Ingest:
     def _write(self, items: list[Message | _Refused]) -> bool:
         """Store a batch; False when the store is unreachable (keep it and retry), True when it was handled."""
         good = [m for m in items if isinstance(m, Message)]
-        refused = [(r.topic, r.payload, r.reason, r.received) for r in items if isinstance(r, _Refused)]
+        refused = [r for r in items if isinstance(r, _Refused)]
         try:
             self._commit(good, refused)
             return True
@@ -179,19 +178,19 @@ class Ingest:
             return self.store.ping()  # a quarantine row the store refuses is dropped, never retried forever
         return True
 
-    def _commit(self, good: list[Message], refused: list[tuple[str, bytes, str, float]]) -> None:
+    def _commit(self, good: list[Message], refused: list[_Refused]) -> None:
         if good:
             new = self.store.ingest(good)
             self.stats.batches += 1
             self.stats.stored += new
             self.stats.duplicates += len(good) - new
         if refused:
-            self.store.quarantine(refused)
+            self.store.quarantine([(r.topic, r.payload, r.reason, r.received) for r in refused])
             self.stats.quarantined += len(refused)
 
     def _note_error(self, exc: Exception) -> None:
         self.stats.store_errors += 1
-        self.stats.last_error = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        self.stats.last_error = first_line(exc, 200)
         log.warning("store write failed (%s)", self.stats.last_error)
 
     def flush(self, timeout: float = 10.0) -> bool:

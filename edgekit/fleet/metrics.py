@@ -35,7 +35,7 @@ def render(server: Any, store: Any) -> str:
         "# TYPE edgekit_serve_healthy gauge",
         f"edgekit_serve_healthy {int(server.healthy)}",
     ]
-    reconciler = getattr(server, "reconciler", None)
+    reconciler = server.reconciler
     if reconciler is not None:
         lines += [
             "# HELP edgekit_reconciler_resends_total Desired states sent again to divergent devices.",
@@ -53,7 +53,7 @@ def render(server: Any, store: Any) -> str:
         "device_online": ("1 when the device's retained state is online", lambda d, t: int(d["status"] == "online")),
         "device_last_seen_seconds": ("Unix time of the last message", lambda d, t: d["last_seen"]),
     }
-    resends = {(r["fleet"], r["device"]): r for r in store.query("SELECT * FROM reconcile")}
+    resends = store.reconcile_rows()
     gauges["device_desired_resends"] = (
         "times serve sent the desired state again (reconciler)",
         lambda d, t: (resends.get((d["fleet"], d["device"])) or {}).get("resends", 0),

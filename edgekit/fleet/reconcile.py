@@ -178,12 +178,6 @@ def _last_reason(store: Any, fleet: str, device: str) -> str:
     return "no update events from the device (is its agent receiving desired?)"
 
 
-def resend_counts(store: Any, fleet: str) -> dict[str, dict[str, Any]]:
-    """device -> {resends, stuck, reason}: what status, report and metrics show."""
-    return {d: {"resends": r["resends"], "stuck": bool(r["stuck"]), "reason": r["reason"]}
-            for (_f, d), r in store.reconcile_rows(fleet).items()}  # fmt: skip
-
-
 def mqtt_publisher(broker: str) -> Callable[[str, str, Desired], None]:
     """Publish a retained desired state through one MQTT connection, made on first use and kept.
 

@@ -58,7 +58,8 @@ class PackageServer:
     refused: int = 0
     failures: int = 0  # unexpected errors while answering (each logged); the workers carry on
     _index: dict[str, Path] = field(default_factory=dict)
-    _fds: dict[str, int] = field(default_factory=dict)
+    _fds: dict[str, tuple[int, int]] = field(default_factory=dict)  # sha256 -> (fd, size); packages never change
+    reconciler: Any = None  # an edgekit.fleet.reconcile.Reconciler while serve runs one (reconcile_grace > 0)
     _queue: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=1024))
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -78,7 +79,8 @@ class PackageServer:
                     self._index[sha256_file(path)] = path
             return dict(self._index)
 
-    def _fd(self, sha: str) -> int | None:
+    def _fd(self, sha: str) -> tuple[int, int] | None:
+        """The open file of package ``sha`` and its size, or None when the repository has no such package."""
         if sha not in self._index:
             self.rescan()
         path = self._index.get(sha)
@@ -86,7 +88,8 @@ class PackageServer:
             return None
         with self._lock:
             if sha not in self._fds:
-                self._fds[sha] = os.open(path, os.O_RDONLY)
+                fd = os.open(path, os.O_RDONLY)
+                self._fds[sha] = (fd, os.fstat(fd).st_size)
             return self._fds[sha]
 
     def answer(self, request: ChunkRequest) -> ChunkResponse | None:
@@ -94,12 +97,12 @@ class PackageServer:
         return self._read(request)
 
     def _read(self, request: ChunkRequest) -> ChunkResponse:
-        fd = self._fd(request.sha256)
-        if fd is None:
+        opened = self._fd(request.sha256)
+        if opened is None:
             self.refused += 1
             return ChunkResponse(request.request_id, request.sha256, request.offset, b"", "",
                                  error=f"no package with sha256 {request.sha256[:12]}… in the repository")  # fmt: skip
-        size = os.fstat(fd).st_size
+        fd, size = opened
         if request.offset >= size:
             self.refused += 1
             error = f"offset {request.offset} is past the end of the package ({size} bytes)"
@@ -144,7 +147,6 @@ class PackageServer:
                 log.exception("answering a chunk request of %s/%s failed", fleet, device)
 
     def start(self) -> None:
-        self.reconciler = None
         if self.ingest is not None:
             self.ingest.start()
             threading.Thread(target=self._heartbeat, daemon=True, name="edgekit-heartbeat").start()
@@ -194,12 +196,11 @@ class PackageServer:
     def healthy(self) -> bool:
         """False when a thread serve depends on has died (the ingest writer, the reconciler; chunk workers
         never die)."""
-        reconciler = getattr(self, "reconciler", None)
-        return (self.ingest is None or self.ingest.healthy) and (reconciler is None or reconciler.healthy)
+        return (self.ingest is None or self.ingest.healthy) and (self.reconciler is None or self.reconciler.healthy)
 
     def stop(self) -> None:
         self._stop.set()
-        if getattr(self, "reconciler", None) is not None:
+        if self.reconciler is not None:
             self.reconciler.stop()
         if self.nats:
             self._nats.stop()
@@ -208,7 +209,7 @@ class PackageServer:
             self.client.loop_stop()
         if self.ingest is not None:
             self.ingest.stop()
-        for fd in self._fds.values():
+        for fd, _size in self._fds.values():
             os.close(fd)
 
 
