@@ -12,7 +12,6 @@ import contextlib
 import logging
 import queue
 import random
-import ssl
 import threading
 import time
 import uuid
@@ -22,7 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from edgekit_agent import __version__, power
-from edgekit_agent.brokers import BrokerListError, Endpoint, Failover, parse_brokers, reread_retained
+from edgekit_agent.brokers import (
+    BrokerListError,
+    Credentials,
+    Endpoint,
+    Failover,
+    new_client,
+    parse_brokers,
+    reread_retained,
+    secure,
+)
 from edgekit_agent.inference import handle
 from edgekit_agent.outbox import Outbox
 from edgekit_agent.protocol import (
@@ -33,7 +41,6 @@ from edgekit_agent.protocol import (
     dumps,
     loads,
     parse_topic,
-    tcp_nodelay,
     topic,
 )
 from edgekit_agent.store import Store
@@ -133,26 +140,12 @@ class Agent:
         return topic(self.cfg.fleet, self.cfg.device_id, kind)
 
     def _client(self) -> Any:
-        import paho.mqtt.client as mqtt
-
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"edgekit-agent-{self.cfg.device_id}-{self.instance}",
-            protocol=mqtt.MQTTv311,
-        )
+        cfg = self.cfg
+        client = new_client(f"edgekit-agent-{cfg.device_id}-{self.instance}")
+        secure(client, Credentials(cfg.username, cfg.password, self.tls, *(str(p) if p else None for p in
+                                                                         (cfg.ca, cfg.cert, cfg.key))))  # fmt: skip
         self._arm_will(client)
-        client.max_queued_messages_set(1000)
         client.reconnect_delay_set(min_delay=1, max_delay=60)
-        if self.cfg.username:
-            client.username_pw_set(self.cfg.username, self.cfg.password)
-        if self.tls:
-            client.tls_set(
-                ca_certs=str(self.cfg.ca) if self.cfg.ca else None,
-                certfile=str(self.cfg.cert) if self.cfg.cert else None,
-                keyfile=str(self.cfg.key) if self.cfg.key else None,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-        client.on_socket_open = tcp_nodelay
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_connect_fail = lambda c, _u: None if self.stopping.is_set() else self.failover.next(c)

@@ -7,11 +7,9 @@ dataclasses whose ``from_json`` validates every field, so a malformed payload be
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
-import socket
 import struct
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -28,17 +26,8 @@ TOPIC_KINDS = (
     "infer/request",
     "infer/response",
 )
-
-
-def tcp_nodelay(_client: Any, _userdata: Any, sock: Any) -> None:
-    """paho's ``on_socket_open``: send small messages at once.
-
-    paho leaves Nagle's algorithm on, so a chunk request published just after another message waited for
-    the broker's delayed ACK: 40 ms before the first chunk of every download (measured: a 25.9 MB pull
-    took 95 ms, 43 ms of it before the first response).
-    """
-    with contextlib.suppress(OSError, AttributeError):  # not a TCP socket (a websocket wrapper, a unix socket)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+#: What a device reports to the host, at QoS 1 (``edgekit serve`` stores them).
+REPORT_KINDS = ("state", "telemetry", "events")
 
 
 class ProtocolError(ValueError):
@@ -51,6 +40,10 @@ def _segment(value: str, what: str) -> str:
     return value
 
 
+#: The wildcard segment: every fleet or every device.
+ANY = "+"
+
+
 def topic(fleet: str, device: str, kind: str) -> str:
     """``edgekit/v1/{fleet}/{device}/{kind}``; wildcards are only built by :func:`subscription`."""
     if kind not in TOPIC_KINDS:
@@ -58,11 +51,39 @@ def topic(fleet: str, device: str, kind: str) -> str:
     return f"{PREFIX}/{_segment(fleet, 'fleet')}/{_segment(device, 'device id')}/{kind}"
 
 
-def subscription(fleet: str, kind: str, *, device: str = "+") -> str:
+def _filter_segment(value: str, what: str) -> str:
+    return value if value == ANY else _segment(value, what)
+
+
+def subscription(fleet: str, kind: str | None, *, device: str = ANY, share: str | None = None) -> str:
+    """A topic filter: ``kind`` of one device, of a fleet's devices (``device=ANY``) or of every fleet
+    (``fleet=ANY``); ``kind=None`` is every kind (``#``). ``share``: an MQTT shared subscription
+    (``$share/{share}/…``) whose messages the broker splits among the group's clients."""
+    if kind is not None and kind not in TOPIC_KINDS:
+        raise ProtocolError(f"unknown topic kind {kind!r}")
+    name = f"{PREFIX}/{_filter_segment(fleet, 'fleet')}/{_filter_segment(device, 'device id')}/{kind or '#'}"
+    if fleet == ANY and device == ANY and kind is None:
+        name = f"{PREFIX}/#"
+    return f"$share/{_segment(share, 'shared subscription group')}/{name}" if share else name
+
+
+def acl_pattern(fleet: str, kind: str) -> str:
+    """Mosquitto's ACL pattern for ``kind`` of the connected client's own device id (``%u``: its username)."""
     if kind not in TOPIC_KINDS:
         raise ProtocolError(f"unknown topic kind {kind!r}")
-    dev = device if device == "+" else _segment(device, "device id")
-    return f"{PREFIX}/{_segment(fleet, 'fleet')}/{dev}/{kind}"
+    return f"{PREFIX}/{_segment(fleet, 'fleet')}/%u/{kind}"
+
+
+def subject_of(name: str) -> str:
+    """The NATS subject (or subject filter) an MQTT topic (or filter) maps to in nats-server's MQTT gateway:
+    '/' → '.', '+' → '*', '#' → '>'. Exact both ways: no segment holds '+' or '#', and nats-server refuses
+    an MQTT topic with a '.' in it, so no message on a NATS cluster has one."""
+    return name.replace("/", ".").replace("+", "*").replace("#", ">")
+
+
+def topic_of(subject: str) -> str:
+    """The MQTT topic a NATS subject came from: the inverse of :func:`subject_of` for a concrete subject."""
+    return subject.replace(".", "/")
 
 
 def parse_topic(name: str) -> tuple[str, str, str]:

@@ -58,15 +58,9 @@ def _desired(path: Path, counter: int) -> Any:
 
 
 def _publish_desired(url: str, desired: Any, device: str) -> None:
-    from edgekit_agent.protocol import topic
+    from edgekit.fleet.deploy import publish_desired
 
-    from edgekit.fleet import mqtt
-
-    c = mqtt.client("bench")
-    mqtt.connect(c, url)
-    c.publish(topic("bench", device, "desired"), desired.to_json(), qos=1, retain=True).wait_for_publish(5)
-    c.disconnect()
-    c.loop_stop()
+    publish_desired(url, "bench", [device], desired)
 
 
 def _wait(predicate: Any, what: str, timeout: float = 120.0) -> Any:

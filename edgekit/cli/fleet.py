@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -63,12 +62,7 @@ def serve(
     from edgekit.fleet.ingest import Ingest
     from edgekit.fleet.serve import PackageServer
 
-    sys.setswitchinterval(0.001)  # paho thread -> workers hand-offs; see edgekit_agent.cli
     ingest = None if no_ingest else Ingest(_store(db))
-    if nats and session:
-        raise opt.OptionInvalid("--session is for MQTT brokers; with --nats the JetStream consumer keeps reports")
-    if reconcile_grace < 0:
-        raise opt.OptionInvalid(f"--reconcile-grace {reconcile_grace:g} must be >= 0 seconds (0 turns it off)")
     server = PackageServer(packages, broker, ingest=ingest, session=session, share=share, nats=nats,
                            reconcile_grace=reconcile_grace)  # fmt: skip
     metrics = None

@@ -89,6 +89,7 @@ class DigitsTraffic:
     def __init__(self, url: str, devices: list[str], rate: float = 20.0) -> None:
         import numpy as np
         from edgekit_agent.inference import encode
+        from edgekit_agent.protocol import subscription
         from edgekit_models.digits_cnn import data
 
         from edgekit.fleet import mqtt
@@ -101,7 +102,7 @@ class DigitsTraffic:
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
         self.client = mqtt.client("demo-traffic")
-        self.client.on_connect = lambda c, *_: c.subscribe(f"edgekit/v1/{FLEET}/+/infer/response", qos=0)
+        self.client.on_connect = lambda c, *_: c.subscribe(subscription(FLEET, "infer/response"), qos=0)
         self.client.on_message = self._on_response
         mqtt.connect(self.client, url)
         self.thread = threading.Thread(target=self._loop, name="demo-traffic", daemon=True)
@@ -123,9 +124,10 @@ class DigitsTraffic:
 
     def _on_response(self, _c: Any, _u: Any, msg: Any) -> None:
         from edgekit_agent.inference import decode
+        from edgekit_agent.protocol import parse_topic
 
-        device = msg.topic.split("/")[3]
         try:
+            device = parse_topic(msg.topic)[1]
             doc = json.loads(msg.payload)
             with self.lock:
                 k = self.pending.pop(doc.get("id"), None)

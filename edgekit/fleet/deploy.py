@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit_agent.errors import PackageError
-from edgekit_agent.protocol import Desired, topic
+from edgekit_agent.protocol import Desired
 from edgekit_agent.verify import read_manifest
 
 from edgekit.atomic import atomic_file
@@ -90,18 +90,8 @@ def publish_desired(broker: str, fleet: str, devices: list[str], desired: Desire
 
     ``None`` clears the retained message (a device ignores an empty one and keeps what it runs).
     """
-    client = mqtt.client("deploy")
-    mqtt.connect(client, broker)
-    try:
-        payload = desired.to_json() if desired is not None else b""
-        infos = [client.publish(topic(fleet, d, "desired"), payload, qos=1, retain=True) for d in devices]
-        for info in infos:
-            info.wait_for_publish(timeout=30)
-            if not info.is_published():
-                raise mqtt.BrokerUnreachable(f"the broker at {broker} did not acknowledge the desired state")
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    with mqtt.DesiredPublisher(broker) as publisher:
+        publisher.publish(fleet, devices, desired)
 
 
 def deploy(store: Store, broker: str, fleet: str, rel: Release, devices: list[str], rollout: str | None = None) -> None:

@@ -1,4 +1,6 @@
-"""One way for the host to open a paho client: VERSION2 callbacks, unique id, bounded queue, URL parsing.
+"""The host's side of the MQTT transport: a client per role (made by ``edgekit_agent.brokers.new_client``,
+the factory the agent uses too), connecting with failover and one-line errors, and :class:`DesiredPublisher`,
+the one place a ``desired`` state is published and its acknowledgement awaited.
 
 A secured broker (``edgekit broker config``) is reached with ``mqtts://USER:PASSWORD@HOST:PORT`` and the
 TLS files in ``$EDGEKIT_MQTT_CA``, ``$EDGEKIT_MQTT_CERT`` and ``$EDGEKIT_MQTT_KEY``.
@@ -6,12 +8,12 @@ TLS files in ``$EDGEKIT_MQTT_CA``, ``$EDGEKIT_MQTT_CERT`` and ``$EDGEKIT_MQTT_KE
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Any
-from urllib.parse import urlparse
 
-from edgekit_agent.brokers import BrokerListError, Endpoint, Failover, parse_brokers
-from edgekit_agent.protocol import tcp_nodelay
+from edgekit_agent.brokers import BrokerListError, Credentials, Endpoint, Failover, new_client, parse_brokers, secure
+from edgekit_agent.protocol import Desired, topic
 
 from edgekit.errors import EdgekitError
 
@@ -28,33 +30,18 @@ def endpoints(url: str) -> list[Endpoint]:
         raise BrokerUnreachable(str(exc)) from None
 
 
-def _secure(c: Any, url: str) -> None:
-    import os
-    import ssl
-    from urllib.parse import unquote
-
-    parsed = urlparse(url if "://" in url else f"mqtt://{url}")
-    if parsed.username:
-        c.username_pw_set(unquote(parsed.username), unquote(parsed.password or ""))
-    if parsed.scheme == "mqtts":
-        env = {k: os.environ.get(f"EDGEKIT_MQTT_{k.upper()}") for k in ("ca", "cert", "key")}
-        c.tls_set(ca_certs=env["ca"], certfile=env["cert"], keyfile=env["key"], tls_version=ssl.PROTOCOL_TLS_CLIENT)
+def _credentials(url: str) -> Credentials:
+    files = {k: os.environ.get(f"EDGEKIT_MQTT_{k.upper()}") for k in ("ca", "cert", "key")}
+    return Credentials.from_url(url, **files)
 
 
 def client(role: str, session: str | None = None, *, manual_ack: bool = False) -> Any:
     """A client with a unique id, or with ``session`` a fixed id and a persistent session: the broker then
     queues QoS1 messages for it while it is away and delivers them when it comes back. ``manual_ack``: the
     program acknowledges each QoS1 message itself (``c.ack(mid, qos)``), e.g. once it is stored."""
-    import paho.mqtt.client as mqtt
-
-    v2 = mqtt.CallbackAPIVersion.VERSION2
     if session is None:
-        c = mqtt.Client(v2, client_id=f"edgekit-{role}-{uuid.uuid4().hex[:8]}", manual_ack=manual_ack)
-    else:
-        c = mqtt.Client(v2, client_id=_session_id(role, session), clean_session=False, manual_ack=manual_ack)
-    c.max_queued_messages_set(1000)
-    c.on_socket_open = tcp_nodelay
-    return c
+        return new_client(f"edgekit-{role}-{uuid.uuid4().hex[:8]}", manual_ack=manual_ack)
+    return new_client(_session_id(role, session), clean_session=False, manual_ack=manual_ack)
 
 
 def _session_id(role: str, session: str) -> str:
@@ -63,9 +50,7 @@ def _session_id(role: str, session: str) -> str:
 
 def end_session(url: str, role: str, session: str) -> None:
     """Drop a persistent session: a clean connect under its client id, so the broker stops queueing for it."""
-    import paho.mqtt.client as mqtt
-
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=_session_id(role, session), clean_session=True)
+    c = new_client(_session_id(role, session))
     connect(c, url)
     c.disconnect()
     c.loop_stop()
@@ -78,7 +63,7 @@ def connect(c: Any, url: str, *, timeout: float = 10.0) -> None:
     the next node (``edgekit_agent.brokers.Failover``) instead of waiting for the lost one to come back.
     """
     nodes = endpoints(url)
-    _secure(c, url.split(",")[0].strip())  # the nodes of one cluster share credentials and CA
+    secure(c, _credentials(url.split(",")[0].strip()))  # the nodes of one cluster share credentials and CA
     for i, node in enumerate(nodes):
         try:
             _connect(c, node.host, node.port, timeout)
@@ -134,3 +119,41 @@ def _connect(c: Any, host: str, port: int, timeout: float) -> None:
         c.loop_stop()
         raise BrokerUnreachable(f"the MQTT broker at {host}:{port} refused the connection ({refused[0]}); "
                                 "check the username/password in --broker")  # fmt: skip
+
+
+class DesiredPublisher:
+    """Publishes retained QoS 1 ``desired`` states through one connection, made on first use and made again
+    when lost, and returns only once the broker has acknowledged every one (deploy, rollout, reconciler).
+
+    Over MQTT, also on a NATS cluster: only a message published through its MQTT gateway becomes the
+    retained message a device's subscription delivers.
+    """
+
+    def __init__(self, broker: str, role: str = "deploy", *, timeout: float = 30.0) -> None:
+        self.broker, self.role, self.timeout = broker, role, timeout
+        self._client: Any = None
+
+    def publish(self, fleet: str, devices: list[str], desired: Desired | None) -> None:
+        """``None`` clears the retained message (a device ignores an empty one and keeps what it runs)."""
+        if self._client is None or not self._client.is_connected():
+            self.close()
+            self._client = client(self.role)
+            connect(self._client, self.broker)
+        payload = desired.to_json() if desired is not None else b""
+        infos = [self._client.publish(topic(fleet, d, "desired"), payload, qos=1, retain=True) for d in devices]
+        for info in infos:
+            info.wait_for_publish(timeout=self.timeout)
+            if not info.is_published():
+                raise BrokerUnreachable(f"the broker at {self.broker} did not acknowledge the desired state")
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._client = None
+
+    def __enter__(self) -> DesiredPublisher:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

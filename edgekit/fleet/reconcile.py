@@ -179,26 +179,8 @@ def _last_reason(store: Any, fleet: str, device: str) -> str:
 
 
 def mqtt_publisher(broker: str) -> Callable[[str, str, Desired], None]:
-    """Publish a retained desired state through one MQTT connection, made on first use and kept.
+    """``publish`` for a Reconciler: one desired state at a time through one kept connection."""
+    from edgekit.fleet.mqtt import DesiredPublisher
 
-    Over MQTT, not a NATS subject: on a NATS cluster only a message published through its MQTT gateway
-    becomes the retained message a device's subscription delivers.
-    """
-    from edgekit_agent.protocol import topic
-
-    from edgekit.fleet import mqtt
-
-    held: list[Any] = []
-
-    def publish(fleet: str, device: str, desired: Desired) -> None:
-        if not held or not held[0].is_connected():
-            for old in held:
-                old.loop_stop()
-            held[:] = [mqtt.client("reconcile")]
-            mqtt.connect(held[0], broker)
-        info = held[0].publish(topic(fleet, device, "desired"), desired.to_json(), qos=1, retain=True)
-        info.wait_for_publish(timeout=10)
-        if not info.is_published():
-            raise mqtt.BrokerUnreachable(f"the broker at {broker} did not acknowledge a resent desired state")
-
-    return publish
+    publisher = DesiredPublisher(broker, "reconcile", timeout=10.0)
+    return lambda fleet, device, desired: publisher.publish(fleet, [device], desired)

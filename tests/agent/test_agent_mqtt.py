@@ -215,7 +215,7 @@ def test_broker_restart_reconnects_and_resubscribes(world):
     host.desire(world["package"]("v1", counter=7))
     serving(host, "v1")
     # Nagle off on every connection (a chunk request otherwise waited ~40 ms on a delayed ACK)
-    assert nodelay(agent.client) and nodelay(world["server"].client)
+    assert nodelay(agent.client) and nodelay(world["server"].transport.client)
     online = len([s for s in host.messages["state"] if s["status"] == "online"])
     world["broker"].stop()
     world["broker"].start()  # same port, no persistence: the retained desired is gone

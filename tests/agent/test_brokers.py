@@ -81,3 +81,24 @@ def test_retained_messages_are_asked_for_again_until_the_connection_changes(brok
     finally:
         c.loop_stop()
         c.disconnect()
+
+
+def test_credentials_from_a_url_decode_the_password_and_see_tls():
+    from edgekit_agent.brokers import Credentials
+
+    c = Credentials.from_url("mqtts://edge%40host:p%3Ass@broker:8883", ca="/ca.crt")
+    assert (c.username, c.password, c.tls, c.ca) == ("edge@host", "p:ss", True, "/ca.crt")
+    assert Credentials.from_url("mqtt://broker") == Credentials()
+
+
+def test_the_one_client_factory_sets_what_host_and_agent_both_need():
+    """A real paho client (not connected): MQTT 3.1.1, a bounded queue, TCP_NODELAY on open, the session
+    kind asked for; credentials applied by secure()."""
+    import paho.mqtt.client as mqtt
+    from edgekit_agent.brokers import Credentials, new_client, secure, tcp_nodelay
+
+    c = new_client("edgekit-test-1", clean_session=False, queue=7)
+    assert c.protocol == mqtt.MQTTv311 and c._max_queued_messages == 7 and c._clean_session is False
+    assert c.on_socket_open is tcp_nodelay
+    secure(c, Credentials("dev", "pw"))
+    assert c._username == b"dev" and c._password == b"pw"

@@ -1,5 +1,15 @@
 import pytest
-from edgekit_agent.protocol import Desired, ProtocolError, parse_topic, subscription, topic
+from edgekit_agent.protocol import (
+    ANY,
+    Desired,
+    ProtocolError,
+    acl_pattern,
+    parse_topic,
+    subject_of,
+    subscription,
+    topic,
+    topic_of,
+)
 
 SHA = "ab" * 32
 
@@ -9,6 +19,25 @@ def test_topic_round_trips_through_parse():
     assert name == "edgekit/v1/lab/pi-01/chunk/request"
     assert parse_topic(name) == ("lab", "pi-01", "chunk/request")
     assert subscription("lab", "telemetry") == "edgekit/v1/lab/+/telemetry"
+
+
+def test_wildcards_come_from_one_builder_and_map_onto_nats_subjects():
+    assert subscription(ANY, "chunk/request") == "edgekit/v1/+/+/chunk/request"
+    assert subscription(ANY, "state", share="serve") == "$share/serve/edgekit/v1/+/+/state"
+    assert subscription("lab", None, device="pi-01") == "edgekit/v1/lab/pi-01/#"
+    assert subscription(ANY, None) == "edgekit/v1/#"
+    assert acl_pattern("lab", "desired") == "edgekit/v1/lab/%u/desired"
+    assert subject_of(subscription(ANY, "chunk/request")) == "edgekit.v1.*.*.chunk.request"
+    assert subject_of(subscription(ANY, None)) == "edgekit.v1.>"
+    name = topic("lab", "pi-01", "telemetry")
+    assert topic_of(subject_of(name)) == name
+    for bad in [("lab", "nope"), ("a/b", "state")]:
+        with pytest.raises(ProtocolError):
+            subscription(*bad)
+    with pytest.raises(ProtocolError):
+        subscription(ANY, "state", share="a/b")  # a group name that would change the filter
+    with pytest.raises(ProtocolError):
+        acl_pattern("lab", "nope")
 
 
 @pytest.mark.parametrize("device", ["", "a/b", "+", "#", "x" * 65, "../up"])

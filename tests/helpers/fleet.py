@@ -10,7 +10,7 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
-from edgekit_agent.protocol import Desired, topic
+from edgekit_agent.protocol import Desired, subscription, topic
 
 
 class Host:
@@ -22,7 +22,7 @@ class Host:
         self._cond = threading.Condition()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-host-{uuid.uuid4().hex[:6]}")
         self.client.on_message = self._on_message
-        self.client.on_connect = lambda c, *_: c.subscribe(f"edgekit/v1/{fleet}/{device}/#", qos=1)
+        self.client.on_connect = lambda c, *_: c.subscribe(subscription(fleet, None, device=device), qos=1)
         host, port = url.removeprefix("mqtt://").split(":")
         self.client.connect(host, int(port))
         self.client.loop_start()

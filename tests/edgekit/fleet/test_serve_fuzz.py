@@ -8,7 +8,6 @@ import pytest
 from fuzzing import FUZZ, message, payloads, topics
 from hypothesis import given
 
-from edgekit.fleet import mqtt
 from edgekit.fleet.ingest import Ingest
 from edgekit.fleet.serve import PackageServer
 from edgekit.fleet.store import Store
@@ -20,22 +19,31 @@ def serve(tmp_path_factory):
     (root / "repo").mkdir()
     ingest = Ingest(Store(f"sqlite:///{root / 'fleet.db'}"))
     server = PackageServer(root / "repo", "mqtt://127.0.0.1:1", ingest=ingest)
-    server.client = mqtt.client("serve", manual_ack=True)  # what start() makes, left unconnected: acks go nowhere
     ingest.start()
     yield server
     ingest.stop()
 
 
+@pytest.fixture(scope="module")
+def transport(serve):
+    """What start() makes, left unconnected: acks go nowhere."""
+    from edgekit.fleet.transports.mqtt import MqttTransport
+
+    return MqttTransport(serve, serve.broker)
+
+
 @FUZZ
 @given(topic=topics, payload=payloads)
-def test_serves_message_handler_and_ingest_survive_anything_and_count_what_they_refuse(serve, topic, payload):
+def test_serves_message_handler_and_ingest_survive_anything_and_count_what_they_refuse(
+    serve, transport, topic, payload
+):
     stats = serve.ingest.stats
     counted = (serve.refused, stats.malformed, stats.received)
-    serve._on_message(None, None, message(topic, payload))  # must not raise
-    assert serve._queue.qsize() <= 1024
+    transport._on_message(None, None, message(topic, payload))  # must not raise
+    assert transport._queue.qsize() <= 1024
     assert (serve.refused, stats.malformed, stats.received) != counted, "the message was neither refused nor taken"
-    while not serve._queue.empty():  # a valid-looking chunk request: answer it as the worker would
-        _fleet, _device, request = serve._queue.get_nowait()
+    while not transport._queue.empty():  # a valid-looking chunk request: answer it as the worker would
+        _fleet, _device, request = transport._queue.get_nowait()
         response = serve.answer(request)
         assert response is not None and response.error  # the repository is empty: a clear error, no crash
 
@@ -45,7 +53,9 @@ def test_serves_message_handler_and_ingest_survive_anything_and_count_what_they_
 def test_the_nats_transports_handlers_survive_anything_and_count_what_they_refuse(serve, topic, payload):
     """The queue-group request callback and the JetStream consumer's report handler, fed the same payloads
     on the subjects NATS would deliver them on (no cluster needed: the transport only moves bytes)."""
-    from edgekit.fleet.serve import NatsTransport, subject_of, topic_of
+    from edgekit_agent.protocol import subject_of, topic_of
+
+    from edgekit.fleet.transports.nats import NatsTransport
 
     nats = NatsTransport(serve, "nats://127.0.0.1:1", group="fuzz")
     stats = serve.ingest.stats
