@@ -13,6 +13,9 @@ Kind = str  # "torch", or the kind a runtime runs (edgekit.runtimes: "onnx", "op
 class Artifact:
     kind: Kind
     precision: str = "fp32"
+    # the relative tolerance of the device's smoke test (the strictest passes' declarations; fp32 by default:
+    # fp32 runs agree to float rounding across CPUs)
+    smoke_rtol: float = 0.01
     module: Any = None
     path: Path | None = None
     # Runtime settings the artifact must be run with (e.g. OpenVINO's inference precision hint).

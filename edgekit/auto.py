@@ -12,19 +12,37 @@ from typing import Any
 
 from edgekit import runtimes
 from edgekit.bundle import ModelBundle
+from edgekit.errors import ProfileInvalid
+from edgekit.passes import PRECISIONS, precisions_of
 from edgekit.profiles import DeviceProfile
 from edgekit.recipe import Recipe, parse_recipe
 from edgekit.runtimes import Shape
 
 
 def candidates(bundle: ModelBundle, profile: DeviceProfile) -> list[Recipe]:
-    """fp32 parents first (one per runtime), then the compressed variants the profile can run."""
+    """fp32 parents first (one per runtime), then the variants whose passes write only precisions the
+    profile lists (``Pass.precision``)."""
     transformer = bundle.model_type == "transformer"
     trainable = bundle.module is not None and bundle.train_batches is not None and not transformer
     shape = Shape(transformer=transformer, trainable=trainable, student=bundle.student)
-    out = [c for rt in runtimes.REGISTRY.values() if profile.supports(rt.name)
-           for c in rt.candidates(shape, list(profile.precisions))]  # fmt: skip
-    return [parse_recipe(c, source=f"auto candidate {c['name']}") for c in out]
+    recipes = [parse_recipe(c, source=f"auto candidate {c['name']}") for rt in runtimes.REGISTRY.values()
+               if profile.supports(rt.name) for c in rt.candidates(shape)]  # fmt: skip
+    return [r for r in recipes if precisions_of(r.passes) <= set(profile.precisions)]
+
+
+def known_precisions() -> tuple[str, ...]:
+    """What a profile may list: what the passes write and what a runtime runs a model in by itself."""
+    return tuple(sorted({*PRECISIONS, *(p for rt in runtimes.REGISTRY.values() for p in rt.executes)}))
+
+
+def check_precisions(profile: DeviceProfile) -> None:
+    """A profile precision nothing produces is a typo or a missing pass: said now, not silently ignored."""
+    unknown = [p for p in profile.precisions if p not in known_precisions()]
+    if unknown:
+        raise ProfileInvalid(
+            f"profile {profile.name!r} lists precision(s) {', '.join(unknown)}, which no pass writes and no runtime "
+            f"runs (known: {', '.join(known_precisions())}); remove them or add a pass that declares them"
+        )
 
 
 def is_parent(name: str, runtime: str) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.auto import CandidateResult, candidates, choose, is_parent
+from edgekit.auto import CandidateResult, candidates, check_precisions, choose, is_parent
 from edgekit.bundle import ModelBundle
 from edgekit.edgepkg import Signing
 from edgekit.errors import (
@@ -152,8 +152,7 @@ def stage_files(stage: Path, artifact: Any, bundle: ModelBundle, *, threads: int
             rel = f"sample/{kind}_{i}.npy"
             (stage / rel).write_bytes(_npy(array))
             sample[f"{kind}s"].append({"name": spec["name"], "file": rel})
-    # fp32 runs agree to float rounding across CPUs; INT8/fp16 kernels differ more between x86 and ARM.
-    sample["rtol"] = 0.01 if artifact.precision == "fp32" else 0.05
+    sample["rtol"] = artifact.smoke_rtol  # what the passes that made it declare (Pass.smoke_rtol)
     sample["atol"] = 1e-5
     return {
         "model": model,
@@ -316,6 +315,7 @@ def _prepare(model: str | ModelBundle, *, profile: str | DeviceProfile, recipe: 
     from edgekit.modelsrc import load_model
 
     prof = load_profile(profile) if isinstance(profile, str) else profile
+    check_precisions(prof)
     if (recipe is None) == (not auto):
         raise RecipeInvalid("give exactly one of --recipe R.yaml or --auto")
     rec = _resolve_recipe(recipe) if recipe is not None else None

@@ -12,11 +12,11 @@ import os
 import platform
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from edgekit_agent.runtimes import REGISTRY as RUNTIME_REGISTRY
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from edgekit.errors import ProfileInvalid, ProfileNotFound, describe_validation, load_yaml
 
@@ -55,7 +55,9 @@ class DeviceProfile(BaseModel):
     memory_mb: int = Field(gt=0)
     isa_features: list[str] = Field(default_factory=list)
     runtimes: list[str] = Field(min_length=1, description="runtime:device in order of preference")
-    precisions: list[Literal["fp32", "fp16", "bf16", "int8"]] = Field(min_length=1)
+    # which precisions pay off here; each one a pass declares (Pass.precision) or a runtime runs by itself
+    # (edgekit.auto.check_precisions says which are known when a model is packaged for the profile)
+    precisions: list[Annotated[str, StringConstraints(pattern=r"^[a-z]+[0-9]+$")]] = Field(min_length=1)
     static_shapes: bool = False
     max_model_mb: float = Field(gt=0)
     accuracy_tolerance: float = Field(gt=0, lt=1, description="max relative performance drop vs the baseline")
@@ -202,7 +204,7 @@ def probe(*, name: str | None = None) -> DeviceProfile:
         memory_mb=mem_mb,
         isa_features=isa,
         runtimes=runtimes or [f"{fallback.name}:{fallback.cpu}"],
-        precisions=precisions,  # type: ignore[arg-type]
+        precisions=precisions,
         static_shapes=has_npu,
         max_model_mb=max(16.0, round(mem_mb / 8, 1)),
         accuracy_tolerance=0.01,

@@ -100,15 +100,10 @@ def deploy(
     fmt: opt.Format = "table",
 ) -> None:
     """Publish the retained desired state: the devices download, verify, smoke-test and switch."""
-    from edgekit.fleet.deploy import deploy as publish
-    from edgekit.fleet.deploy import release, targets
+    from edgekit.fleet.deploy import deploy_package
 
     opt.check_format(fmt)
-    store = _store(db)
-    rel = release(package, packages)
-    rows = targets(store, fleet, devices=device, group=group, profile=rel.profile)
-    names = [r["device"] for r in rows]
-    publish(store, broker, fleet, rel, names)
+    rel, names = deploy_package(_store(db), broker, fleet, package, packages, devices=device, group=group)
     if fmt == "json":
         print_json({"package": rel.to_json(), "devices": names})
         return

@@ -98,3 +98,14 @@ def deploy(store: Store, broker: str, fleet: str, rel: Release, devices: list[st
     publish_desired(broker, fleet, devices, rel.desired)
     for device in devices:
         store.record_deployment(fleet, device, rel.desired, rel.path, rollout)
+
+
+def deploy_package(
+    store: Store, broker: str, fleet: str, package: Path, repository: Path, *, devices: list[str], group: str | None
+) -> tuple[Release, list[str]]:
+    """``edgekit fleet deploy``: check the package and the targets, then publish and record; returns the
+    release and the devices told. Nothing is published when a check fails."""
+    rel = release(package, repository)
+    names = [r["device"] for r in targets(store, fleet, devices=devices, group=group, profile=rel.profile)]
+    deploy(store, broker, fleet, rel, names)
+    return rel, names

@@ -14,15 +14,27 @@ from edgekit.passes.quantize_openvino import QuantizeOpenVino
 from edgekit.passes.quantize_ort import QuantizeOrt
 
 REGISTRY: dict[str, type[Pass]] = {
-    "prune_unstructured": PruneUnstructured,
-    "prune_structured": PruneStructured,
-    "lowrank": LowRank,
-    "distill": Distill,
-    "export_onnx": ExportOnnx,
-    "quantize_ort": QuantizeOrt,
-    "fp16": Fp16,
-    "convert_openvino": ConvertOpenVino,
-    "quantize_openvino": QuantizeOpenVino,
+    p.name: p
+    for p in (
+        PruneUnstructured,
+        PruneStructured,
+        LowRank,
+        Distill,
+        ExportOnnx,
+        QuantizeOrt,
+        Fp16,
+        ConvertOpenVino,
+        QuantizeOpenVino,
+    )
 }
 
-__all__ = ["REGISTRY", "Pass", "PassConfig", "PassContext"]
+#: Every precision a package can hold: fp32 (what every model starts as) and what the passes declare.
+PRECISIONS: tuple[str, ...] = ("fp32", *sorted({p.precision for p in REGISTRY.values() if p.precision}))
+
+
+def precisions_of(passes: list[PassConfig]) -> set[str]:
+    """The precisions a recipe's passes write (what a profile must list for ``--auto`` to offer it)."""
+    return {p for c in passes if (p := REGISTRY[c.type].precision)}
+
+
+__all__ = ["PRECISIONS", "REGISTRY", "Pass", "PassConfig", "PassContext", "precisions_of"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -38,13 +39,39 @@ class PassContext:
 
 
 class Pass:
-    """One compression or conversion step. ``accepts``/``produces`` let the planner insert conversions."""
+    """One compression or conversion step. ``accepts``/``produces`` let the planner insert conversions.
+
+    Its name is its Config's ``type`` (what a recipe writes), said once there.
+    """
 
     name: ClassVar[str]
     Config: ClassVar[type[PassConfig]]
     accepts: ClassVar[tuple[Kind, ...]]
     produces: ClassVar[Kind | None] = None  # None: same kind as the input
     runtime: ClassVar[str | None] = None  # a pass tied to one runtime (e.g. NNCF -> openvino)
+    # The precision of what the pass writes (None: its input's). ``--auto`` offers a candidate only when the
+    # profile lists every precision its passes declare, and a profile may list only declared precisions.
+    precision: ClassVar[str | None] = None
+    # How far the device's smoke test may stray from the host's output on the packaged sample (relative):
+    # lower precisions' kernels differ more between CPUs (x86 vs ARM). None: its input's.
+    smoke_rtol: ClassVar[float | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.name = cls.Config.model_fields["type"].default
+        if "run" in cls.__dict__:  # what run returns carries the declarations, whoever calls it
+            run = cls.run
+
+            @functools.wraps(run)
+            def declaring(self: Pass, bundle: ModelBundle, artifact: Artifact, ctx: PassContext) -> Artifact:
+                return self.declared(run(self, bundle, artifact, ctx))
+
+            cls.run = declaring  # type: ignore[method-assign]
+
+    def declared(self, artifact: Artifact) -> Artifact:
+        """``artifact`` as this pass declares its output: its precision, and the looser smoke-test tolerance."""
+        return artifact.evolve(precision=self.precision or artifact.precision,
+                               smoke_rtol=max(artifact.smoke_rtol, self.smoke_rtol or 0.0))  # fmt: skip
 
     def __init__(self, config: PassConfig) -> None:
         self.config = config

@@ -16,7 +16,6 @@ class ConvertOpenVinoConfig(PassConfig):
 
 
 class ConvertOpenVino(Pass):
-    name = "convert_openvino"
     Config = ConvertOpenVinoConfig
     accepts = ("onnx",)
     produces = "openvino"

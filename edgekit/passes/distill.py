@@ -41,7 +41,6 @@ def _build_student(cfg: DistillConfig) -> Any:
 
 
 class Distill(Pass):
-    name = "distill"
     Config = DistillConfig
     accepts = ("torch",)
 

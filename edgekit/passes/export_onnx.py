@@ -23,7 +23,6 @@ class ExportOnnxConfig(PassConfig):
 
 
 class ExportOnnx(Pass):
-    name = "export_onnx"
     Config = ExportOnnxConfig
     accepts = ("torch",)
     produces = "onnx"

@@ -20,9 +20,10 @@ class Fp16Config(PassConfig):
 
 
 class Fp16(Pass):
-    name = "fp16"
     Config = Fp16Config
     accepts = ("onnx", "openvino")
+    precision = "fp16"
+    smoke_rtol = 0.05
 
     def run(self, bundle: ModelBundle, artifact: Artifact, ctx: PassContext) -> Artifact:
         cfg: Fp16Config = self.config  # type: ignore[assignment]
@@ -35,7 +36,7 @@ class Fp16(Pass):
                 model = convert_float_to_float16(onnx.load(str(artifact.path)), keep_io_types=cfg.keep_io_types)
                 path = step / "model.onnx"
                 onnx.save(model, str(path))
-                return artifact.evolve(path=path, precision="fp16")
+                return artifact.evolve(path=path)
             import openvino as ov
 
             path = step / "model.xml"
@@ -45,7 +46,6 @@ class Fp16(Pass):
             raise PassFailed(f"fp16 conversion failed: {first}") from None
         return artifact.evolve(
             path=path,
-            precision="fp16",
             runtime_config={"INFERENCE_PRECISION_HINT": "f16"},
             notes={"precision_hint": "f16"},
         )

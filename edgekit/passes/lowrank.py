@@ -41,7 +41,6 @@ def _rank(s, cfg: LowRankConfig) -> int:
 
 
 class LowRank(Pass):
-    name = "lowrank"
     Config = LowRankConfig
     accepts = ("torch",)
 

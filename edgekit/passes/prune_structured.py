@@ -30,7 +30,6 @@ class PruneStructuredConfig(PassConfig):
 
 
 class PruneStructured(Pass):
-    name = "prune_structured"
     Config = PruneStructuredConfig
     accepts = ("torch",)
 

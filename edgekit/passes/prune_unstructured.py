@@ -23,7 +23,6 @@ class PruneUnstructuredConfig(PassConfig):
 
 
 class PruneUnstructured(Pass):
-    name = "prune_unstructured"
     Config = PruneUnstructuredConfig
     accepts = ("torch",)
 

@@ -26,10 +26,11 @@ class QuantizeOpenVinoConfig(PassConfig):
 
 
 class QuantizeOpenVino(Pass):
-    name = "quantize_openvino"
     Config = QuantizeOpenVinoConfig
     accepts = ("openvino",)
     runtime = "openvino"
+    precision = "int8"
+    smoke_rtol = 0.05
 
     def run(self, bundle: ModelBundle, artifact: Artifact, ctx: PassContext) -> Artifact:
         import logging
@@ -85,7 +86,6 @@ class QuantizeOpenVino(Pass):
         ov.save_model(quantized, str(path), compress_to_fp16=False)
         return artifact.evolve(
             path=path,
-            precision="int8",
             runtime_config={"INFERENCE_PRECISION_HINT": "f32"},
             notes={"transformer_preset": transformer, "accuracy_control": cfg.max_drop, "precision_hint": "f32"},
         )

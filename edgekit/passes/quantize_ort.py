@@ -25,10 +25,11 @@ class QuantizeOrtConfig(PassConfig):
 
 
 class QuantizeOrt(Pass):
-    name = "quantize_ort"
     Config = QuantizeOrtConfig
     accepts = ("onnx",)
     runtime = "onnxruntime"
+    precision = "int8"
+    smoke_rtol = 0.05
 
     def run(self, bundle: ModelBundle, artifact: Artifact, ctx: PassContext) -> Artifact:
         from onnxruntime.quantization import (
@@ -93,6 +94,5 @@ class QuantizeOrt(Pass):
                 tmp.unlink()
         return artifact.evolve(
             path=out,
-            precision="int8",
             notes={"mode": cfg.mode, "per_channel": cfg.per_channel, "calibration": cfg.calibration},
         )

@@ -34,6 +34,7 @@ class HostRuntime:
     converter: str | None  # the pass from ONNX to this runtime's kind; None: it runs the ONNX file
     base: Callable[[Shape], list[dict[str, Any]]]  # passes every candidate for this runtime starts with
     compressed: Callable[[Shape, list[dict[str, Any]]], list[dict[str, Any]]]  # INT8 and other candidates
+    executes: tuple[str, ...] = ()  # precisions it runs an fp32 model in by itself (a hint, not a pass)
 
     @property
     def name(self) -> str:
@@ -52,19 +53,18 @@ class HostRuntime:
     def latency_label(self) -> str:
         return f"host:{self.name}:CPU"
 
-    def candidates(self, shape: Shape, precisions: list[str]) -> list[dict[str, Any]]:
-        """``--auto``'s recipes for this runtime: the fp32 parent first, then what the precisions allow."""
+    def candidates(self, shape: Shape) -> list[dict[str, Any]]:
+        """``--auto``'s recipes for this runtime: the fp32 parent first, then fp16 and the compressed ones
+        (``edgekit.auto`` keeps those whose passes' precisions the profile lists)."""
         base = self.base(shape)
         out = [{"name": self.parent, "runtime": self.name, "passes": base}]
-        if "fp16" in precisions:
-            out.append({"name": f"{self.name}-fp16", "runtime": self.name, "passes": [*base, {"type": "fp16"}]})
-        if "int8" in precisions:
-            out += [c | {"runtime": self.name} for c in self.compressed(shape, base)]
-        return out
+        out.append({"name": f"{self.name}-fp16", "runtime": self.name, "passes": [*base, {"type": "fp16"}]})
+        return out + [c | {"runtime": self.name} for c in self.compressed(shape, base)]
 
 
 REGISTRY: dict[str, HostRuntime] = {
-    m.NAME: HostRuntime(agent_runtimes.get(m.NAME), m.CONVERTER, m.base, m.compressed) for m in (onnxruntime, openvino)
+    m.NAME: HostRuntime(agent_runtimes.get(m.NAME), m.CONVERTER, m.base, m.compressed, m.EXECUTES)
+    for m in (onnxruntime, openvino)
 }
 BY_KIND = {r.kind: r for r in REGISTRY.values()}
 NAMES = tuple(REGISTRY)

@@ -7,6 +7,7 @@ from typing import Any
 
 NAME = "onnxruntime"
 CONVERTER = None
+EXECUTES: tuple[str, ...] = ()  # ONNX Runtime's CPU provider runs each operator in the model's own precision
 
 
 def base(shape: Any) -> list[dict[str, Any]]:

@@ -7,6 +7,8 @@ from typing import Any
 
 NAME = "openvino"
 CONVERTER = "convert_openvino"
+# precisions the CPU plugin runs an fp32 IR in by itself (its inference precision hint: bf16 on AMX/AVX512-BF16)
+EXECUTES = ("bf16",)
 
 
 def base(shape: Any) -> list[dict[str, Any]]:

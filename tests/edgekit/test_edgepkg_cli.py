@@ -62,6 +62,9 @@ def test_the_sample_is_the_packaged_models_real_output(signed, tmp_path):
         assert np.abs(actual - expected).max() <= m.sample.atol + m.sample.rtol * np.abs(expected).max()
     assert [t.name for t in m.inputs] == ["image"] and m.inputs[0].shape == (None, 1, 8, 8)
     assert m.precision == "int8" and m.profile == "x86-64-generic" and m.counter == 5
+    from edgekit.passes import REGISTRY
+
+    assert m.sample.rtol == REGISTRY["quantize_ort"].smoke_rtol  # what the INT8 pass declares, not fp32's 0.01
     assert [s["name"] for s in m.report["steps"]] == ["baseline", "export_onnx", "quantize_ort"]
     assert "output_dir" not in m.report  # nothing about the build host leaks into the package
     assert m.preprocessing["image"].startswith("8x8 grayscale")
