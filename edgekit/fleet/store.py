@@ -1,7 +1,7 @@
 """The fleet store: what devices reported (state, telemetry, events), what was deployed, rollout state.
 
 One schema for SQLite (the default, a file next to you) and PostgreSQL (``postgresql://…``, for several
-serve workers and large fleets). Plain DB-API through ``sqlite3`` / ``psycopg``: nine tables and a dozen
+serve workers and large fleets). Plain DB-API through ``sqlite3`` / ``psycopg``: ten tables and a dozen
 queries do not need an ORM, and the agent-facing code stays free of one. The schema is versioned
 (``schema_version``) and changed only by the ordered ``MIGRATIONS``, applied when a store is opened, so a
 user's ``fleet.db`` or PostgreSQL store survives an upgrade; a store newer than the code is refused.
