@@ -259,6 +259,7 @@ def run_package(
     out: str | Path,
     dry_run: bool = False,
     data: str | Path | None = None,
+    input_shapes: dict[str, list[int]] | None = None,
     only: list[str] | None = None,
     sign: Signing | None = None,
     keep_candidates: str | Path | None = None,
@@ -276,7 +277,8 @@ def run_package(
     ``force``.
     """
     job = _prepare(model, profile=profile, recipe=recipe, auto=auto, out=out, data=data, only=only, sign=sign,
-                   keep_candidates=keep_candidates, progress=progress, force=force)  # fmt: skip
+                   keep_candidates=keep_candidates, progress=progress, force=force,
+                   input_shapes=input_shapes)  # fmt: skip
     plans = _plans(job)
     common = {"model": job.bundle.name, "profile": job.profile.name, "threads": job.threads,
               "description": job.bundle.description}  # fmt: skip
@@ -310,7 +312,8 @@ def run_package(
 
 def _prepare(model: str | ModelBundle, *, profile: str | DeviceProfile, recipe: Any, auto: bool, out: str | Path,
              data: str | Path | None, only: list[str] | None, sign: Signing | None,
-             keep_candidates: str | Path | None, progress: Progress, force: bool = False) -> _Job:  # fmt: skip
+             keep_candidates: str | Path | None, progress: Progress, force: bool = False,
+             input_shapes: dict[str, list[int]] | None = None) -> _Job:  # fmt: skip
     """Check everything a user can get wrong before any work (a bad key fails now, not after the search)."""
     from edgekit.modelsrc import load_model
 
@@ -332,7 +335,8 @@ def _prepare(model: str | ModelBundle, *, profile: str | DeviceProfile, recipe: 
 
         load_signing_key(sign.key, passphrase=sign.passphrase)
     progress(f"loading model {model if isinstance(model, str) else model.name}")
-    bundle = load_model(model, data=Path(data) if data else None) if isinstance(model, str) else model
+    bundle = (load_model(model, data=Path(data) if data else None, input_shapes=input_shapes)
+              if isinstance(model, str) else model)  # fmt: skip
     recipes = [rec] if rec is not None else candidates(bundle, prof)
     if only:
         unknown = set(only) - {r.name for r in recipes}

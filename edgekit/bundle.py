@@ -21,7 +21,9 @@ Task = Literal["classification", "ranking", "embedding", "custom"]
 class ModelBundle:
     """A model plus the data that judges it.
 
-    ``score`` maps the first output, concatenated over ``eval_feeds``, to the metric (higher is better).
+    ``score`` maps the first output, concatenated over ``eval_feeds``, to the metric (higher is better);
+    ``score_outputs``, when set, is given every output instead and returns the metric and its details
+    (a user's model is judged on all its outputs: ``edgekit.fidelity``).
     ``train_batches`` yields ``(feed, target)`` for passes that fine-tune (structured pruning, distillation).
     """
 
@@ -39,6 +41,7 @@ class ModelBundle:
     dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
     train_batches: Callable[[], Iterable[tuple[Feed, np.ndarray]]] | None = None
     extra_metrics: Callable[[np.ndarray], dict[str, float]] | None = None
+    score_outputs: Callable[[list[np.ndarray]], tuple[float, dict[str, float]]] | None = None
     model_type: Literal["transformer"] | None = None
     # A smaller model with the same interface that --auto may distil into: the ``distill`` pass settings
     # (``student`` as "package.module:function", ``student_kwargs``, ``epochs``). Only the model's author
@@ -52,10 +55,21 @@ class ModelBundle:
     def predict_all(self, predict: Callable[[Feed], list[np.ndarray]]) -> np.ndarray:
         return np.concatenate([predict(feed)[0] for feed in self.eval_feeds], axis=0)
 
+    def outputs_all(self, predict: Callable[[Feed], list[np.ndarray]]) -> list[np.ndarray]:
+        """Every output, each concatenated over ``eval_feeds`` along the sample axis."""
+        return concat_outputs([predict(feed) for feed in self.eval_feeds])
+
     def evaluate(self, predict: Callable[[Feed], list[np.ndarray]]) -> tuple[float, dict[str, float]]:
+        if self.score_outputs is not None:
+            return self.score_outputs(self.outputs_all(predict))
         outputs = self.predict_all(predict)
         extra = self.extra_metrics(outputs) if self.extra_metrics else {}
         return float(self.score(outputs)), extra
+
+
+def concat_outputs(runs: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Per output, the runs joined along the sample axis."""
+    return [np.concatenate([np.atleast_1d(r[i]) for r in runs], axis=0) for i in range(len(runs[0]))]
 
 
 def split_batches(arrays: Feed, batch_size: int) -> list[Feed]:

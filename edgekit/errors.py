@@ -36,6 +36,10 @@ class ModelNotFound(EdgekitError):
     pass
 
 
+class ModelInvalid(EdgekitError):
+    """A user's model or its inputs break the own-model contract (docs/own-models.md)."""
+
+
 class PassNotApplicable(EdgekitError):
     pass
 

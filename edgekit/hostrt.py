@@ -15,6 +15,7 @@ import numpy as np
 
 from edgekit.artifact import Artifact
 from edgekit.bundle import Feed
+from edgekit.errors import ModelInvalid
 from edgekit.runtimes import for_kind
 
 Predictor = Callable[[Feed], list[np.ndarray]]
@@ -31,7 +32,14 @@ def predictor(artifact: Artifact, *, threads: int) -> Predictor:
             with torch.inference_mode():
                 out = module(*(torch.from_numpy(np.ascontiguousarray(v)) for v in feed.values()))
             outs = out if isinstance(out, tuple | list) else (out,)
-            return [o.float().numpy() for o in outs]
+            if not all(isinstance(o, torch.Tensor) for o in outs):
+                kinds = sorted({type(o).__name__ for o in outs})
+                raise ModelInvalid(
+                    f"forward() returns {', '.join(kinds)}; it must return a tensor or a tuple of tensors (wrap a "
+                    "model that returns a dict or a ModelOutput: return out['logits'] or tuple(out.values()))"
+                )
+            # the dtypes an export keeps (int64 ids stay int64); half precisions as float32, as runtimes give them
+            return [(o.float() if o.dtype in (torch.float16, torch.bfloat16) else o).numpy() for o in outs]
 
         return run_torch
     runtime = for_kind(artifact.kind).runtime  # the agent's session code: the host measures what devices run

@@ -59,6 +59,20 @@ def render_candidates(rows: list[dict[str, Any]]) -> Any:
     return table
 
 
+def _input_shapes(values: list[str]) -> dict[str, list[int]]:
+    shapes = {}
+    for value in values:
+        name, _, dims = value.partition("=")
+        try:
+            shape = [int(d) for d in dims.lower().split("x")]
+        except ValueError:
+            shape = []
+        if not name or not shape or any(d <= 0 for d in shape):
+            raise opt.OptionInvalid(f"--input-shape {value!r} must look like NAME=1x128 (positive sizes, 'x' between)")
+        shapes[name] = shape
+    return shapes
+
+
 def package(
     model: Annotated[
         str, typer.Argument(help="digits_cnn | recommender | minilm | module:function | path/to/model.onnx")
@@ -76,6 +90,10 @@ def package(
         Path | None, typer.Option(help="with --auto: also write every built candidate's model to DIR/NAME/")
     ] = None,
     data: Annotated[Path | None, typer.Option(help="for an .onnx MODEL: .npz with one array per input")] = None,
+    input_shape: Annotated[
+        list[str],
+        typer.Option(help="for an .onnx MODEL without --data: NAME=1x128, the shape of an input with dynamic axes"),
+    ] = [],  # noqa: B006 (typer idiom)
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the resolved plan and exit")] = False,
     force: Annotated[
         bool, typer.Option("--force", help="replace an existing --out directory that edgekit did not write")
@@ -104,6 +122,7 @@ def package(
             out=out_dir,
             dry_run=dry_run,
             data=data,
+            input_shapes=_input_shapes(input_shape),
             only=[s.strip() for s in only.split(",")] if only else None,
             keep_candidates=keep_candidates,
             force=force,

@@ -148,7 +148,7 @@ def test_onnx_file_model_is_packaged_with_an_output_fidelity_metric(cli, tmp_pat
     recipe.write_text("runtime: onnxruntime\npasses:\n  - {type: quantize_ort, mode: static}\n")
     report = package_x86(cli, tmp_path / "a" / "model.onnx", recipe, tmp_path / "b")
     assert [s["name"] for s in report["steps"]] == ["baseline", "quantize_ort"]
-    assert report["steps"][0]["metric_name"] == "output_cosine"
+    assert report["steps"][0]["metric_name"] == "output_fidelity"
     assert report["steps"][1]["metric"] > 0.99 and report["precision"] == "int8"
 
 
