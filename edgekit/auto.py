@@ -64,6 +64,8 @@ class CandidateResult:
     seconds: float | None = None  # wall time to build and measure this candidate
     steps: list[Any] = field(default_factory=list)
     artifact: Any = None
+    error: Exception | None = None  # what stopped a candidate that did not build
+    latency_interval_ms: tuple[float, float] | None = None  # 95 % interval of the median (interleaved timing)
 
     def row(self) -> dict[str, Any]:
         return {
@@ -79,17 +81,41 @@ class CandidateResult:
                 "status",
                 "reason",
                 "seconds",
+                "latency_interval_ms",
             )
         }
 
 
+def _interval(r: CandidateResult) -> tuple[float, float]:
+    assert r.latency_ms is not None
+    return r.latency_interval_ms or (r.latency_ms, r.latency_ms)
+
+
+def faster(a: CandidateResult, b: CandidateResult) -> bool:
+    """``a`` is faster than ``b`` only when its latency interval lies wholly below ``b``'s."""
+    return _interval(a)[1] < _interval(b)[0]
+
+
+def parent_of(r: CandidateResult, results: list[CandidateResult]) -> CandidateResult | None:
+    """The fp32 candidate of ``r``'s runtime that built within tolerance (None for a parent itself)."""
+    if is_parent(r.name, r.runtime):
+        return None
+    return next((p for p in results if p.runtime == r.runtime and is_parent(p.name, p.runtime) and p.status == "ok"),
+                None)  # fmt: skip
+
+
 def choose(results: list[CandidateResult]) -> CandidateResult | None:
-    """Mark INT8/fp16 candidates slower than their runtime's fp32 parent, then pick the fastest survivor."""
-    fp32 = {r.runtime: r for r in results if is_parent(r.name, r.runtime) and r.status == "ok"}
+    """Refuse compressed candidates measurably slower than their runtime's fp32 parent; of the rest, those
+    not measurably slower than the fastest are tied, and the tie goes to the smallest, then simplest."""
     for r in results:
-        parent = fp32.get(r.runtime)
-        if r.status == "ok" and r.precision != "fp32" and parent and r.latency_ms > parent.latency_ms:
+        parent = parent_of(r, results)
+        if r.status == "ok" and r.precision != "fp32" and parent is not None and faster(parent, r):
+            lo, hi = _interval(parent)
             r.status = "slower-than-fp32"
-            r.reason = f"{r.latency_ms:.3f} ms vs fp32 parent {parent.latency_ms:.3f} ms"
+            r.reason = f"{r.latency_ms:.3f} ms vs fp32 parent {parent.latency_ms:.3f} ms (interval {lo:.3f}-{hi:.3f})"
     ok = [r for r in results if r.status == "ok"]
-    return min(ok, key=lambda r: r.latency_ms) if ok else None
+    if not ok:
+        return None
+    fastest = min(ok, key=lambda r: r.latency_ms or 0.0)
+    tied = [r for r in ok if not faster(fastest, r)]
+    return min(tied, key=lambda r: (r.size_bytes or 0, len(r.steps), r.latency_ms or 0.0))

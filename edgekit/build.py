@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.auto import CandidateResult, candidates, check_precisions, choose, is_parent
+from edgekit.auto import CandidateResult, candidates, check_precisions, choose, is_parent, parent_of
 from edgekit.bundle import ModelBundle
 from edgekit.edgepkg import Signing
 from edgekit.errors import (
     EdgekitError,
+    ExportFailed,
     GateFailed,
     ModelTooLarge,
     NoCandidate,
@@ -291,8 +292,13 @@ def run_package(
         )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="edgekit-work-") as work:
         results = _search(job, plans, Path(work), progress)
+        if not job.strict:
+            _rank(job, results, progress)
         best = choose(results)
         if best is None:
+            errors = [c.error for c in results]
+            if all(isinstance(e, ExportFailed) for e in errors):  # the model itself, not a candidate: say that
+                raise errors[0]  # type: ignore[misc]
             table = "; ".join(f"{c.name}: {c.status} {c.reason}" for c in results)
             raise NoCandidate(f"no candidate for {job.profile.name!r} stays within tolerance and beats fp32: {table}")
         result = PackageResult(
@@ -367,7 +373,7 @@ def _search(job: _Job, plans: dict[str, Any], work: Path, progress: Progress) ->
         return PassContext(profile=job.profile, workdir=work / name, threads=job.threads,
                            static_shapes=job.profile.static_shapes, cache=cache)  # fmt: skip
 
-    progress("baseline: evaluating")
+    progress(f"baseline: evaluating{_load_note()}")
     baseline = measure("baseline", baseline_artifact(job.bundle), job.bundle, ctx_for("baseline"), baseline=None,
                        previous=None, tolerance=None)  # fmt: skip
     progress(f"baseline: {job.bundle.metric_name}={baseline.metric:.4f} p50={baseline.latency_ms:.3f} ms")
@@ -378,7 +384,7 @@ def _search(job: _Job, plans: dict[str, Any], work: Path, progress: Progress) ->
             results.append(CandidateResult(r.name, runtime, "-", None, None, None, None, "not-applicable",
                                            "plan failed"))  # fmt: skip
             continue
-        progress(f"recipe {r.name}: " + " -> ".join(p.name for p in plans[r.name]))
+        progress(f"recipe {r.name}: " + " -> ".join(p.name for p in plans[r.name]) + _load_note())
         t0 = time.perf_counter()
         results.append(_candidate(job, r, runtime, plans[r.name], ctx_for(r.name), baseline, progress))
         results[-1].seconds = round(time.perf_counter() - t0, 2)
@@ -386,6 +392,43 @@ def _search(job: _Job, plans: dict[str, Any], work: Path, progress: Progress) ->
             _keep_candidate(job.keep / r.name, results[-1])
         progress(f"recipe {r.name}: done in {time.perf_counter() - t0:.1f} s")
     return results
+
+
+def _load_note() -> str:
+    """A note when the host is busy (1-minute load average above its core count): its timings are noisy."""
+    try:
+        load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    except OSError:
+        return ""
+    return f" (host load average {load:.1f} on {cores} cores: timings are noisy)" if load > cores else ""
+
+
+def _rank(job: _Job, results: list[CandidateResult], progress: Progress) -> None:
+    """Time the candidates within tolerance again, interleaved, until each is told apart from the fastest
+    and from its fp32 parent or the time budget is spent; their latencies become the interleaved medians
+    with 95 % intervals (``edgekit.auto.choose`` reads those)."""
+    from edgekit.hostrt import Timing, interleaved, predictor
+
+    ok = {r.name: r for r in results if r.status == "ok" and r.artifact is not None}
+    if len(ok) < 2:
+        return
+    pairs = [(n, p.name) for n, r in ok.items() if (p := parent_of(r, results)) is not None and p.name in ok]
+
+    def settled(t: dict[str, Timing]) -> bool:
+        fastest = min(t, key=lambda n: t[n].median)
+        apart = [t[a].interval[1] < t[b].interval[0] or t[b].interval[1] < t[a].interval[0]
+                 for a, b in [*pairs, *((n, fastest) for n in t if n != fastest)]]  # fmt: skip
+        return all(apart)
+
+    progress(f"ranking {len(ok)} candidates: interleaved timing{_load_note()}")
+    timings = interleaved({n: predictor(r.artifact, threads=job.threads) for n, r in ok.items()},
+                          job.bundle.example, settled=settled)  # fmt: skip
+    for name, r in ok.items():
+        t = timings[name]
+        r.latency_ms, r.latency_interval_ms = t.median, t.interval
+        r.steps[-1].latency_ms, r.steps[-1].latency_p95_ms = t.median, t.p95
+    progress("ranking: " + ", ".join(f"{n} {t.median:.3f} ms ({t.interval[0]:.3f}-{t.interval[1]:.3f}, "
+                                     f"{len(t.samples)} runs)" for n, t in timings.items()))  # fmt: skip
 
 
 def _candidate(job: _Job, r: Recipe, runtime: str, steps: list[Any], ctx: PassContext, baseline: Step,
@@ -396,7 +439,8 @@ def _candidate(job: _Job, r: Recipe, runtime: str, steps: list[Any], ctx: PassCo
     except EdgekitError as exc:
         if job.strict:
             raise
-        return CandidateResult(r.name, runtime, "-", None, None, None, None, "not-applicable", exc.one_line())
+        return CandidateResult(r.name, runtime, "-", None, None, None, None, "not-applicable", exc.one_line(),
+                               error=exc)  # fmt: skip
     except Exception as exc:
         if job.strict:
             raise

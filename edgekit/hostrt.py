@@ -7,9 +7,11 @@ come from the profile so numbers are comparable across steps.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -66,6 +68,65 @@ def latency_ms(predict: Predictor, feed: Feed, *, min_runs: int = 30, seconds: f
             break
     arr = np.array(times)
     return {"p50": float(np.percentile(arr, 50)), "p95": float(np.percentile(arr, 95)), "runs": len(times)}
+
+
+@dataclass
+class Timing:
+    """Latency samples (ms) of one model, and the 95 % confidence interval of their median."""
+
+    samples: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.samples))
+
+    @property
+    def p95(self) -> float:
+        return float(np.percentile(self.samples, 95))
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """Distribution-free: the order statistics around the median that hold it with 95 % probability
+        (normal approximation of the binomial; samples are assumed independent, which interleaving helps)."""
+        ordered = sorted(self.samples)
+        n = len(ordered)
+        half = 1.96 * math.sqrt(n) / 2
+        lo, hi = max(0, math.floor(n / 2 - half)), min(n - 1, math.ceil(n / 2 + half))
+        return ordered[lo], ordered[hi]
+
+
+def interleaved(
+    predicts: dict[str, Predictor],
+    feed: Feed,
+    *,
+    settled: Callable[[dict[str, Timing]], bool],
+    seconds: float | None = None,
+    runs: int = 10,
+    min_rounds: int = 3,
+    seed: int = 0,
+) -> dict[str, Timing]:
+    """Time several models in rounds, each round every model ``runs`` times in a shuffled order, until
+    ``settled(timings)`` (after ``min_rounds``) or ``seconds`` are spent (default ``$EDGEKIT_RANK_SECONDS``
+    or 5). A load spike then falls on every model alike instead of on whichever was being timed: one
+    sequential p50 per model let the same --auto pick different winners 24 minutes apart."""
+    import random
+
+    budget = float(os.environ.get("EDGEKIT_RANK_SECONDS", "5.0")) if seconds is None else seconds
+    for predict in predicts.values():
+        for _ in range(3):
+            predict(feed)
+    timings = {name: Timing() for name in predicts}
+    order, rng, start, rounds = list(predicts), random.Random(seed), time.perf_counter(), 0
+    while True:
+        rng.shuffle(order)
+        for name in order:
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                predicts[name](feed)
+                timings[name].samples.append((time.perf_counter() - t0) * 1e3)
+        rounds += 1
+        if rounds >= min_rounds and (settled(timings) or time.perf_counter() - start >= budget):
+            return timings
 
 
 def io_spec(artifact: Artifact) -> tuple[list[dict[str, object]], list[dict[str, object]]]:

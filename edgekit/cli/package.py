@@ -45,18 +45,23 @@ def render_steps(result: Any) -> Any:
 def render_candidates(rows: list[dict[str, Any]]) -> Any:
     from rich.table import Table
 
-    table = Table(title="--auto candidates (fastest within tolerance wins; INT8 slower than fp32 never does)")
-    for col in ("candidate", "precision", "metric", "drop", "p50 ms", "size", "status"):
+    table = Table(title="--auto candidates (fastest within tolerance wins; overlapping 95 % intervals are a tie, won "
+                  "by the smaller model; a compressed one measurably slower than its fp32 never wins)")  # fmt: skip
+    for col in ("candidate", "precision", "metric", "drop", "p50 ms (95 % interval)", "size", "status"):
         table.add_column(col)
     for r in rows:
         table.add_row(
             r["name"], r["precision"], "-" if r["metric"] is None else f"{r['metric']:.4f}",
             "-" if r["performance_drop"] is None else f"{r['performance_drop']:.2%}",
-            "-" if r["latency_ms"] is None else f"{r['latency_ms']:.3f}",
+            "-" if r["latency_ms"] is None else f"{r['latency_ms']:.3f}" + _interval(r.get("latency_interval_ms")),
             "-" if r["size_bytes"] is None else _fmt_bytes(r["size_bytes"]),
             r["status"] + (f" ({r['reason']})" if r["reason"] else ""),
         )  # fmt: skip
     return table
+
+
+def _interval(interval: Any) -> str:
+    return f" ({interval[0]:.3f}-{interval[1]:.3f})" if interval else ""
 
 
 def _input_shapes(values: list[str]) -> dict[str, list[int]]:

@@ -110,7 +110,8 @@ class Ingest:
     @property
     def healthy(self) -> bool:
         """False once the writer thread has died for good (``/metrics`` and ``fleet status`` say so)."""
-        return self._thread is None or self._thread.is_alive() or self._stop.is_set()
+        t = self._thread  # ident is None between Thread() and start(): not started yet is not dead
+        return t is None or t.ident is None or t.is_alive() or self._stop.is_set()
 
     def _supervise(self) -> None:
         while True:

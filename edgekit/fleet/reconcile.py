@@ -70,7 +70,10 @@ class Reconciler:
 
     @property
     def healthy(self) -> bool:
-        return self._thread is None or self._thread.is_alive() or self._stop.is_set()
+        # ident is None between Thread() and start(): not started yet is not dead (a heartbeat once read
+        # that instant as UNHEALTHY)
+        t = self._thread
+        return t is None or t.ident is None or t.is_alive() or self._stop.is_set()
 
     def _run(self) -> None:
         from edgekit.fleet.store import Store

@@ -131,13 +131,13 @@ class PackageServer:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         if self.ingest is not None:
             self.ingest.start()
-            threading.Thread(target=self._heartbeat, daemon=True, name="edgekit-heartbeat").start()
             if self.reconcile_grace > 0:
                 from edgekit.fleet.reconcile import Reconciler, mqtt_publisher
 
                 self.reconciler = Reconciler(self.ingest.store.url, mqtt_publisher(self.broker),
                                              grace=self.reconcile_grace)  # fmt: skip
                 self.reconciler.start()
+            threading.Thread(target=self._heartbeat, daemon=True, name="edgekit-heartbeat").start()
         if self.nats:
             from edgekit.fleet.transports.nats import NatsTransport
 

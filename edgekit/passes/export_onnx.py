@@ -12,7 +12,9 @@ import numpy as np
 
 from edgekit.artifact import Artifact
 from edgekit.bundle import ModelBundle
+from edgekit.console import output_to
 from edgekit.errors import ExportFailed, first_line
+from edgekit.modelsrc import cache_dir
 from edgekit.passes.base import Pass, PassConfig, PassContext
 
 
@@ -35,11 +37,15 @@ class ExportOnnx(Pass):
         dynamic = (not ctx.static_shapes) if cfg.dynamic is None else cfg.dynamic
         key = ("export_onnx", id(artifact.module), dynamic, cfg.opset)
         if key in ctx.cache:
-            return ctx.cache[key]
+            cached = ctx.cache[key]
+            if isinstance(cached, ExportFailed):  # the same module fails the same way: said once, not re-run
+                raise cached
+            return cached
         path = ctx.step_dir(self.name) / "model.onnx"
         inputs = tuple(torch.from_numpy(np.ascontiguousarray(v)) for v in bundle.example.values())
+        log = cache_dir().parent / "logs" / f"export-{bundle.name}.log"
         try:
-            with torch.no_grad():
+            with torch.no_grad(), output_to(log):
                 torch.onnx.export(
                     artifact.module.eval(),
                     inputs,
@@ -54,11 +60,14 @@ class ExportOnnx(Pass):
             onnx.checker.check_model(str(path))
         except Exception as exc:
             first = first_line(exc, 300)
-            raise ExportFailed(
+            said = log.stat().st_size > 0 if log.exists() else False
+            failed = ExportFailed(
                 f"model {bundle.name!r} does not export to ONNX (opset {cfg.opset}): {first}; "
                 "make forward() traceable (tensor inputs/outputs, no data-dependent Python control flow) "
-                "or pass an .onnx file instead"
-            ) from None
+                "or pass an .onnx file instead" + (f" (the exporter's output: {log})" if said else "")
+            )
+            ctx.cache[key] = failed
+            raise failed from None
         result = artifact.evolve(kind="onnx", path=path, module=None, notes={"opset": cfg.opset, "dynamic": dynamic})
         ctx.cache[key] = result
         return result

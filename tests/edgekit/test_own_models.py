@@ -210,3 +210,15 @@ def test_data_files_are_checked_before_use(tmp_path):
         load_model(str(model), data=tmp_path / "other.npz")
     np.savez(tmp_path / "good.npz", ids=np.random.default_rng(0).integers(0, 100, (8, 9)))
     assert load_model(str(model), data=tmp_path / "good.npz").example["ids"].shape == (1, 9)
+
+
+def test_a_model_that_does_not_export_is_one_export_failed_even_under_auto(cli, tmp_path):
+    """Not NoCandidate after seven identical tries, and not torch's IR dump: one line, exit 2, the dump in a
+    log file the line names."""
+    code, _out, err = cli("package", "usermodels:not_exportable", "--profile", "x86-64-generic", "--auto",
+                         "--out", tmp_path / "o")  # fmt: skip
+    assert code == 2 and not (tmp_path / "o").exists()
+    line = one_line_error(err)
+    assert "ExportFailed" in line and "aten::linalg_svd" in line
+    assert "%" not in err.replace(line, "")  # no graph lines (%15 : Float(…)) outside the error itself
+    assert err.count("does not export") == 1
