@@ -252,6 +252,9 @@ def _one(name: str, factory: Any, out: Path) -> dict[str, Any]:
         "outcome": "packaged",
         "chosen": result.chosen,
         "candidates_ok": f"{ok}/{len(result.candidates or [])}",
+        "not_ok": {
+            c["name"]: f"{c['status']} {c['reason']}"[:160] for c in result.candidates or [] if c["status"] != "ok"
+        },
         "shapes_kept": [o.shape for o in packaged] == [o.shape for o in original],
         "outputs": [list(o.shape) for o in original],
         "fidelity": fid,
@@ -282,9 +285,11 @@ def render(res: dict[str, Any]) -> list[str]:
              "outputs have the original's shapes on the same inputs.", "",
              "| model | params | outputs | outcome | chosen | ok candidates | shapes kept | fidelity per output | s |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    notes = []
     for r in res["rows"]:
         fid = ", ".join(f"{k} {v:.4f}" for k, v in (r.get("fidelity") or {}).items())
         lines.append(f"| {r['model']} | {r.get('params', 0):,} | {r.get('outputs', '-')} | {r['outcome']} | "
                      f"{r.get('chosen', '-')} | {r.get('candidates_ok', '-')} | {r.get('shapes_kept', '-')} | "
                      f"{fid or '-'} | {r['seconds']} |")  # fmt: skip
-    return lines
+        notes += [f"- {r['model']}: " + "; ".join(f"{k} {v}" for k, v in r.get("not_ok", {}).items())]
+    return [*lines, "", "Candidates that were not ok, and why:", "", *notes]
