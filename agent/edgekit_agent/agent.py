@@ -106,6 +106,7 @@ class Agent:
         self.instance = uuid.uuid4().hex[:8]
         self.twins: set[str] = set()  # other instances seen online under this device id (reported once each)
         self.connects = 0
+        self._announced = 0.0  # monotonic time of the last re-announcement (_reannounce)
         self.refused_subscriptions = 0
         self._subscribe_tries = 0
         self.ready = threading.Event()  # recovery done, the installed model (if any) is serving
@@ -187,7 +188,7 @@ class Agent:
         # second publishes, so the state is never skipped by both
         self.connected.set()
         if self.loaded.is_set():
-            client.publish(self._topic("state"), self._state("online"), qos=1, retain=True)
+            self._online(client)
 
     # QoS 0 where it loses nothing: ``desired`` is retained (every subscribe delivers it again) and chunk
     # responses are sent at QoS 0 anyway. On a NATS cluster each QoS 1 subscription is a replicated
@@ -266,7 +267,7 @@ class Agent:
             # reconnected (to another cluster node, or after a keepalive timeout): the fleet would show a
             # running device as offline until its next reconnect, so say "online" again
             if self.connected.is_set() and not self.stopping.is_set():
-                self.client.publish(self._topic("state"), self._state("online"), qos=1, retain=True)
+                self._online(self.client)
             return
         if retained or state.get("status") != "online" or not isinstance(other, str) or other == self.instance:
             return
@@ -278,7 +279,7 @@ class Agent:
         log.error("%s", reason)
         self.event("conflict", {"reason": reason, "other_instance": other, "instance": self.instance})
         if self.connected.is_set():
-            self.client.publish(self._topic("state"), self._state("online"), qos=1, retain=True)
+            self._online(self.client)
 
     def _request_chunk(self, request: ChunkRequest) -> None:
         self.client.publish(self._topic("chunk/request"), request.to_json(), qos=0)
@@ -297,7 +298,7 @@ class Agent:
         self.model = model
         self.loaded.set()
         if self.connected.is_set():
-            self.client.publish(self._topic("state"), self._state("online"), qos=1, retain=True)
+            self._online(self.client)
 
     # -- threads -----------------------------------------------------------------------------------------
     def _control_loop(self) -> None:
@@ -314,7 +315,30 @@ class Agent:
                 failed = self.updater.state.get("failed") or {}
                 if last is None or not failed.get("retryable") or failed.get("sha256") != last.sha256:
                     continue  # nothing to retry
+            if self.updater.converged(last):
+                self._reannounce()
+                continue
             self.updater.apply(last)
+
+    # no re-announcement within this many seconds of the last online state: retained re-deliveries come in
+    # bursts after a (re)connect, and the reconciler's resends are further apart (its grace, then backoff)
+    REANNOUNCE_S = 10.0
+
+    def _reannounce(self) -> None:
+        """A desired package this device already runs: say so again. The host resends a desired state when
+        its store disagrees with the device (edgekit.fleet.reconcile); when the store only missed the
+        device's state message (a cluster node lost it, a consumer was re-elected), the device is right and
+        the store wrong, and only a new state message repairs that. Harmless otherwise: a retained state
+        replaced by the same facts."""
+        now = time.monotonic()
+        if not self.loaded.is_set() or not self.connected.is_set() or now - self._announced < self.REANNOUNCE_S:
+            return
+        self._online(self.client)
+
+    def _online(self, client: Any) -> None:
+        """The retained ``online`` state of the current connection (what runs, what this device can do)."""
+        self._announced = time.monotonic()
+        client.publish(self._topic("state"), self._state("online"), qos=1, retain=True)
 
     def _infer_loop(self) -> None:
         while not self.stopping.is_set():

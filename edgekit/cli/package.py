@@ -15,6 +15,12 @@ def _fmt_bytes(n: int) -> str:
     return f"{n / 2**20:.2f} MB" if n >= 2**20 else f"{n / 1024:.1f} kB"
 
 
+def _computes(step: Any) -> str:
+    """Where the host computes in another precision than the step's weights (fp16 IR on a CPU without fp16)."""
+    real = step.notes.get("host_execution_precision")
+    return f" (computes {real} here)" if real and real != step.precision else ""
+
+
 def render_steps(result: Any) -> Any:
     from rich.table import Table
 
@@ -36,7 +42,8 @@ def render_steps(result: Any) -> Any:
     for s in result.steps:
         table.add_row(
             s.name, f"{s.params:,}", f"{s.param_reduction:.1%}", f"{s.macs:,}", f"{s.compute_reduction:.1%}",
-            _fmt_bytes(s.size_bytes), f"{s.latency_ms:.3f}", s.latency_runtime, f"{s.metric_name} {s.metric:.4f}",
+            _fmt_bytes(s.size_bytes), f"{s.latency_ms:.3f}", s.latency_runtime + _computes(s),
+            f"{s.metric_name} {s.metric:.4f}",
             f"{s.performance_drop:.2%}", s.gate,
         )  # fmt: skip
     return table

@@ -64,6 +64,7 @@ class SimDevice:
     _thread: threading.Thread | None = None
     _instance: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     _connects: int = 0
+    _announced: float = 0.0
 
     def _state(self, status: str, *, connection: int | None = None) -> bytes:
         """As the agent's: ``connection`` numbers the broker connection the state speaks for."""
@@ -122,6 +123,7 @@ class SimDevice:
 
     def _publish_state(self, status: str) -> Any:
         self.published += 1
+        self._announced = time.monotonic() if status == "online" else self._announced
         return self._client.publish(topic(self.fleet, self.device, "state"), self._state(status), qos=1, retain=True)
 
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
@@ -154,8 +156,14 @@ class SimDevice:
             except queue.Empty:
                 continue
             current = self.package or {}
-            if desired.sha256 == current.get("sha256") or desired.counter < current.get("counter", -1):
-                continue  # already running it, or older than what runs (agents refuse lower counters too)
+            if desired.sha256 == current.get("sha256"):
+                # as the agent does (Agent._reannounce): a resent desired it already runs is answered with
+                # its state, which repairs a store that missed the last one
+                if time.monotonic() - self._announced >= 10.0 and self.connected:
+                    self._publish_state("online")
+                continue
+            if desired.counter < current.get("counter", -1):
+                continue  # older than what runs (agents refuse lower counters too)
             part = work / f"{desired.sha256}.part"
             while not self._stopping.is_set():
                 try:

@@ -6,7 +6,7 @@ upcasts and it is usually slower — the report's latency says which, and ``--au
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from edgekit.artifact import Artifact
 from edgekit.bundle import ModelBundle
@@ -47,5 +47,16 @@ class Fp16(Pass):
         return artifact.evolve(
             path=path,
             runtime_config={"INFERENCE_PRECISION_HINT": "f16"},
-            notes={"precision_hint": "f16"},
+            notes={"precision_hint": "f16", "host_execution_precision": _host_precision(path)},
         )
+
+
+def _host_precision(path: Any) -> str:
+    """The precision OpenVINO's CPU plugin will really compute in on this host for an f16 hint: f32 on CPUs
+    without native fp16 (AVX2-only x86), where the fp16 IR only halves the weights on disk. A device with
+    fp16 (rpi5, NPUs) may differ; the report says which host this is."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f16"})
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # "f32", "f16", "bf16"
+    return {"f32": "fp32", "f16": "fp16"}.get(hint, hint)

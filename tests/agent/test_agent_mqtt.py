@@ -107,6 +107,33 @@ def test_full_cycle_serve_desired_download_verify_install_infer_telemetry(world)
     assert len(host.events("update")) == before
 
 
+def test_a_desired_package_it_already_runs_is_answered_with_its_state_not_reinstalled(world):
+    """The reconciler resends desired when the store disagrees with a device; when the store merely missed the
+    device's state (a cluster node lost it), only a new state message repairs it: the device re-announces,
+    at most once per REANNOUNCE_S, and installs nothing."""
+    host = world["host"]
+    v1 = world["package"]("v1", counter=7)
+    agent = world["agent"]()
+    agent.REANNOUNCE_S = 1.0
+    host.desire(v1)
+    serving(host, "v1")
+    host.event_matching("update", '"committed"')
+    updates = len(host.events("update"))
+
+    def online() -> int:
+        return len([s for s in host.messages["state"] if isinstance(s, dict) and s["status"] == "online"])
+
+    time.sleep(1.2)
+    before = online()
+    host.desire(v1)  # what the reconciler does
+    host.wait_for(lambda: online() > before, "the state announced again")
+    again = host.messages["state"][-1]
+    assert again["package"]["version"] == "v1" and again["connection"] == agent.connects
+    host.desire(v1)  # within REANNOUNCE_S: no second announcement
+    time.sleep(0.5)
+    assert online() == before + 1 and len(host.events("update")) == updates
+
+
 def install_v1(world) -> Host:
     host = world["host"]
     world["agent"]()
