@@ -71,7 +71,8 @@ class _Scenario:
             target=lambda: self.sim.run(messages=10**9, rate=RATE, stop=self.stopping), daemon=True
         )
         self.res: dict[str, Any] = {"devices": devices, "nodes": 3, "workers": 2, "rate_hz": RATE}
-        self.killed: dict[str, float] = {}
+        self.killed: dict[str, float | None] = {}
+        self.reconnects: threading.Thread | None = None
         self.policy = Policy(min_soak=2.0, install_timeout=120.0, max_p95_regression=1.0, poll=0.25)
 
     def start(self) -> None:
@@ -89,8 +90,12 @@ class _Scenario:
         told = "told to install" in message or self.kill_on != "wave 2"
         if message.startswith(self.kill_on) and told and not self.killed:
             self.res["on_killed_node"] = sum(1 for d in self.sim.devices if d.port == self.cluster.nodes[0].mqtt_port)
-            self.killed["t"] = time.monotonic()
+            self.killed["t"] = t = time.monotonic()
             self.cluster.kill(0)
+            # watched from the kill on, not after the rollout: a rollout longer than the watch read as "never"
+            self.reconnects = threading.Thread(target=lambda: self.killed.update(reconnect_s=_all_connected(
+                self.sim, t)), daemon=True, name="failover-reconnects")  # fmt: skip
+            self.reconnects.start()
 
     def roll_out(self, package: Path, waves: list[str], on_log: Any = lambda _m: None) -> dict[str, Any]:
         from edgekit.fleet import rollout
@@ -118,8 +123,9 @@ class _Scenario:
 
         res, version = self.res, release(v2, self.repo).desired.version
         res["killed_node"] = "n0" if self.killed else None
-        if self.killed:
-            res["reconnect_s"] = _all_connected(self.sim, self.killed["t"])
+        if self.killed and self.reconnects is not None:
+            self.reconnects.join(65)
+            res["reconnect_s"] = self.killed.get("reconnect_s")
             res["still_on_killed_node"] = sum(1 for d in self.sim.devices if d.port == self.cluster.nodes[0].mqtt_port)
         t_states = time.monotonic()
         while True:
