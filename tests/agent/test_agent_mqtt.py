@@ -494,11 +494,16 @@ def test_a_restarted_agent_says_busy_while_it_loads_and_requests_sent_while_it_w
     world["agents"][0].stop()
     host.publish("infer/request", json.dumps({"id": "while-away", "inputs": {"x": encode(X)}}).encode())
     world["agent"]()
-    answers = []
+    answers, lost = [], 0
     deadline = time.monotonic() + 30
     while not any("outputs" in a for a in answers):
         assert time.monotonic() < deadline, answers[-3:]
-        answers.append(host.infer({"x": encode(X)}, timeout=10))
-    assert all("outputs" in a or a["error"].startswith("busy: loading") for a in answers), answers
+        try:
+            answers.append(host.infer({"x": encode(X)}, timeout=3))
+        except AssertionError:
+            # published before the new agent's subscription was in place (start() connects asynchronously):
+            # not kept for it, by the same rule as "while-away" (seen once in a CI run)
+            lost += 1
+    assert lost <= 2 and all("outputs" in a or a["error"].startswith("busy: loading") for a in answers), answers
     time.sleep(1.0)
     assert not [r for r in host.messages["infer/response"] if isinstance(r, dict) and r.get("id") == "while-away"]
