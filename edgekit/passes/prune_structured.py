@@ -93,9 +93,12 @@ class PruneStructured(Pass):
         )
 
 
-# Layers that set the channel count of what they output; what lies between them and an output (BatchNorm,
-# activations, pooling, adds, reshapes, concatenations) passes the channel count through.
-_CHANNEL_SETTERS = ("Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
+def _sets_channels(layer: Any) -> bool:
+    """Layers that set the channel count of what they output (subclasses included); what lies between them
+    and an output (BatchNorm, activations, pooling, adds, reshapes, concatenations) passes it through."""
+    from torch import nn
+
+    return isinstance(layer, nn.Linear | nn.modules.conv._ConvNd)
 
 
 def _outputs(module: Any, example: tuple[Any, ...]) -> list[Any]:
@@ -126,7 +129,9 @@ def output_layers(module: Any, example: tuple[Any, ...], bundle: ModelBundle) ->
         if isinstance(output, torch.Tensor) and output.grad_fn is not None:
             made_by.setdefault(output.grad_fn, layer)
 
-    hooks = [m.register_forward_hook(note) for m in module.modules() if type(m).__name__ in _CHANNEL_SETTERS]
+    for p in module.parameters():  # a frozen model (requires_grad off) has no autograd graph to walk
+        p.requires_grad_(True)
+    hooks = [m.register_forward_hook(note) for m in module.modules() if _sets_channels(m)]
     try:
         with torch.enable_grad():
             outputs = _outputs(module, example)

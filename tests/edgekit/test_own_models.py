@@ -109,6 +109,22 @@ def test_structured_pruning_keeps_every_outputs_shape(tmp_path, model):
     bundle.evaluate(predictor(after, threads=1))  # scores, does not raise OutputsChanged
 
 
+def test_a_frozen_model_is_pruned_with_its_output_layer_kept(tmp_path):
+    """requires_grad off everywhere (a user's frozen model): the walk still finds the layer feeding the output."""
+    from edgekit.artifact import Artifact
+    from edgekit.passes import REGISTRY, PassContext
+    from edgekit.profiles import load_profile
+
+    bundle = load_model("usermodels:two_heads")
+    for p in bundle.module.parameters():
+        p.requires_grad_(False)
+    cls = REGISTRY["prune_structured"]
+    ctx = PassContext(profile=load_profile("x86-64-generic"), workdir=tmp_path, threads=1, static_shapes=False)
+    after = cls(cls.Config(ratio=0.5, finetune_epochs=0)).run(bundle, Artifact(kind="torch", module=bundle.module), ctx)
+    shapes = after.notes["shapes"]
+    assert shapes["cls"][0] == 5 and shapes["reg"][0] == 10 and shapes["cls"][1] < 64  # heads kept, trunk pruned
+
+
 def test_pruning_a_model_whose_output_has_no_gradient_history_is_refused(tmp_path):
     from edgekit.artifact import Artifact
     from edgekit.passes import REGISTRY, PassContext
