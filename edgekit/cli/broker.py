@@ -32,7 +32,7 @@ def broker(
     ] = Path("broker-data"),
     durable: Annotated[
         bool,
-        typer.Option("--durable", help="save after every change: a kill -9 loses nothing acknowledged (slower)"),
+        typer.Option("--durable", help="save after every change: a kill -9 loses at most its last moment (slower)"),
     ] = False,
 ) -> None:
     """Run Mosquitto with edgekit's settings (or the embedded Python broker where Mosquitto is missing)

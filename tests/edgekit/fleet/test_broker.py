@@ -116,7 +116,11 @@ def _delivered_to_offline_subscriber(url: str) -> set[int]:
 
 
 @pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto is not installed here")
-def test_a_durable_broker_killed_with_kill_9_loses_nothing_it_acknowledged(tmp_path):
+def test_a_durable_broker_killed_with_kill_9_loses_at_most_the_last_messages_it_acknowledged(tmp_path):
+    """Mosquitto sends the PUBACK before it saves (autosave_on_changes runs in its main loop), so a kill -9
+    right after the last PUBACK can lose the messages of that last moment (seen once in a fresh-clone CI run:
+    message 299 of 300), never an earlier one; saved once a second instead, a kill at once loses all 300
+    (docs/reliability.md)."""
     broker = LocalBroker(tmp_path, persist=True, durable=True)
     broker.start()
     acked = _queue_for_offline_subscriber(broker.url, 300)
@@ -125,7 +129,8 @@ def test_a_durable_broker_killed_with_kill_9_loses_nothing_it_acknowledged(tmp_p
     broker.proc = None
     broker.start()
     try:
-        assert len(acked) == 300 and _delivered_to_offline_subscriber(broker.url) >= acked
+        lost = acked - _delivered_to_offline_subscriber(broker.url)
+        assert len(acked) == 300 and len(lost) <= 3 and all(i >= 297 for i in lost), sorted(lost)
     finally:
         broker.stop()
 
