@@ -259,10 +259,10 @@ def _load_data(data: Path, session: Any) -> Feed:
     missing = [n for n in names if n not in arrays]
     if missing:
         raise ModelInvalid(f"--data {data} lacks the input(s) {missing}; it holds {sorted(arrays)}")
-    dtypes = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
-              "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(float16)": np.float16}  # fmt: skip
+    from edgekit_agent.runtimes.ort import ONNX_TYPES  # the device's own ONNX type -> numpy names
+
     for inp in session.get_inputs():
-        want = dtypes.get(inp.type)
+        want = ONNX_TYPES.get(inp.type)
         if want is not None and arrays[inp.name].dtype != want:
             raise ModelInvalid(
                 f"--data {data}: input {inp.name!r} is {arrays[inp.name].dtype}, the model takes {np.dtype(want)}; "

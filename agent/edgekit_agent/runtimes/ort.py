@@ -11,7 +11,7 @@ DESCRIPTION = {
     "preferred_on": ("aarch64", "armv7l"), "impl": __name__,
 }  # fmt: skip
 
-_TYPES = {
+ONNX_TYPES = {
     "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64", "tensor(int8)": "int8",
     "tensor(uint8)": "uint8", "tensor(int16)": "int16", "tensor(int32)": "int32", "tensor(int64)": "int64",
     "tensor(bool)": "bool",
@@ -49,7 +49,7 @@ def io_spec(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     session = _session(path, "CPUExecutionProvider", 1)
 
     def spec(args: list) -> list[dict[str, Any]]:
-        return [{"name": a.name, "dtype": _TYPES.get(a.type, a.type),
+        return [{"name": a.name, "dtype": ONNX_TYPES.get(a.type, a.type),
                  "shape": [d if isinstance(d, int) else None for d in a.shape]} for a in args]  # fmt: skip
 
     return spec(session.get_inputs()), spec(session.get_outputs())
