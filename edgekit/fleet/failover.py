@@ -141,6 +141,7 @@ class _Scenario:
         self.stopping.set()
         self.sender.join(30)
         res["all_acked"] = self.sim.wait_acked(60)
+        res["unacked"] = sum(d.unacked for d in self.sim.devices)
         res["sent"] = self.sim.sent
         deadline = time.monotonic() + 60
         while _telemetry(self.store) < res["sent"] and time.monotonic() < deadline:

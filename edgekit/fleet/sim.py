@@ -52,8 +52,6 @@ class SimDevice:
     seed: int = 0
     follow: Path | None = None  # a work directory: download what ``desired`` names (see the module docstring)
     sent: int = 0  # telemetry messages
-    published: int = 0  # every publish: telemetry, state and chunk requests
-    acked: int = 0  # paho's on_publish: QoS 0 once written, QoS 1 once acknowledged (once, even if re-sent)
     package: dict[str, Any] | None = None
     installs: int = 0
     _client: Any = None
@@ -65,6 +63,10 @@ class SimDevice:
     _instance: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     _connects: int = 0
     _announced: float = 0.0
+    # QoS 1 publishes (telemetry, state) the broker has not acknowledged yet, by message id; see _track
+    _unacked: dict[int, float] = field(default_factory=dict)
+    _early: dict[int, float] = field(default_factory=dict)
+    _acks: threading.Lock = field(default_factory=threading.Lock)
 
     def _state(self, status: str, *, connection: int | None = None) -> bytes:
         """As the agent's: ``connection`` numbers the broker connection the state speaks for."""
@@ -122,9 +124,21 @@ class SimDevice:
         return self._client.port if self._client is not None else None
 
     def _publish_state(self, status: str) -> Any:
-        self.published += 1
         self._announced = time.monotonic() if status == "online" else self._announced
-        return self._client.publish(topic(self.fleet, self.device, "state"), self._state(status), qos=1, retain=True)
+        info = self._client.publish(topic(self.fleet, self.device, "state"), self._state(status), qos=1, retain=True)
+        return self._track(info)
+
+    def _track(self, info: Any) -> Any:
+        """Count a QoS 1 publish as unacknowledged until its PUBACK. By message id, not by counting callbacks:
+        paho calls ``on_publish`` for a QoS 0 message once written but never for one published while the
+        connection was down (it is dropped), so counting every publish against every callback left a device
+        that had sent a chunk request during a failover "unacknowledged" forever (seen in a node-kill run).
+        The PUBACK can be handled before ``publish`` returns here, hence ``_early``."""
+        now = time.monotonic()
+        with self._acks:
+            if self._early.pop(info.mid, now - 10) < now - 5:  # an early ack is at most a moment old
+                self._unacked[info.mid] = now
+        return info
 
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
         try:
@@ -143,7 +157,6 @@ class SimDevice:
             pass  # a simulated device has no event channel to complain on; the real agent reports these
 
     def _request(self, request: ChunkRequest) -> None:
-        self.published += 1
         self._client.publish(topic(self.fleet, self.device, "chunk/request"), request.to_json(), qos=0)
 
     def _follow(self) -> None:
@@ -186,8 +199,17 @@ class SimDevice:
             self.installs += 1
             self._publish_state("online")
 
-    def _on_publish(self, *_args: Any) -> None:
-        self.acked += 1
+    def _on_publish(self, _c: Any, _u: Any, mid: int, *_args: Any) -> None:
+        now = time.monotonic()
+        with self._acks:
+            if self._unacked.pop(mid, None) is None:  # QoS 0 written, or a QoS 1 acked before _track saw it
+                self._early = {m: t for m, t in self._early.items() if t > now - 5} | {mid: now}
+
+    @property
+    def unacked(self) -> int:
+        """QoS 1 messages (telemetry, state) the broker has not acknowledged."""
+        with self._acks:
+            return len(self._unacked)
 
     def telemetry(self, seq: int, interval: float) -> None:
         p50 = self._rng.uniform(0.8, 1.2)
@@ -197,8 +219,7 @@ class SimDevice:
             "temperature_c": None, "power_w": None, "power_source": "none", "energy_per_inference_mj": None,
             "energy_is_estimate": True, "dropped_messages": 0,
         }) | {"package": self.package, "runtime": None, "simulated": True, "seq": seq, "time": _now()}  # fmt: skip
-        self.published += 1
-        self._client.publish(topic(self.fleet, self.device, "telemetry"), dumps(body), qos=1)
+        self._track(self._client.publish(topic(self.fleet, self.device, "telemetry"), dumps(body), qos=1))
         self.sent += 1
 
     def stop(self, graceful: bool = True) -> None:
@@ -254,7 +275,7 @@ class Simulation:
     def wait_acked(self, timeout: float = 120.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(d.acked >= d.published for d in self.devices):
+            if not any(d.unacked for d in self.devices):
                 return True
             time.sleep(0.05)
         return False
