@@ -104,15 +104,23 @@ def parent_of(r: CandidateResult, results: list[CandidateResult]) -> CandidateRe
                 None)  # fmt: skip
 
 
-def choose(results: list[CandidateResult]) -> CandidateResult | None:
-    """Refuse compressed candidates measurably slower than their runtime's fp32 parent; of the rest, those
-    not measurably slower than the fastest are tied, and the tie goes to the smallest, then simplest."""
+def choose(results: list[CandidateResult], latency_budget_ms: float | None = None) -> CandidateResult | None:
+    """Refuse compressed candidates measurably slower than their runtime's fp32 parent, then those measurably
+    over the profile's latency budget (the whole interval above it: a host figure, said so in the reason); of
+    the rest, those not measurably slower than the fastest are tied, and the tie goes to the smallest, then
+    simplest."""
     for r in results:
         parent = parent_of(r, results)
         if r.status == "ok" and r.precision != "fp32" and parent is not None and faster(parent, r):
             lo, hi = _interval(parent)
             r.status = "slower-than-fp32"
             r.reason = f"{r.latency_ms:.3f} ms vs fp32 parent {parent.latency_ms:.3f} ms (interval {lo:.3f}-{hi:.3f})"
+    for r in results:
+        if r.status == "ok" and latency_budget_ms is not None and _interval(r)[0] > latency_budget_ms:
+            lo, hi = _interval(r)
+            r.status = "over-latency-budget"
+            r.reason = (f"{r.latency_ms:.3f} ms (interval {lo:.3f}-{hi:.3f}) on this host is over the profile's "
+                        f"latency_budget_ms {latency_budget_ms:g}")  # fmt: skip
     ok = [r for r in results if r.status == "ok"]
     if not ok:
         return None

@@ -133,19 +133,24 @@ def measure(
     baseline: Step | None,
     previous: Step | None,
     tolerance: float | None,
+    keeps_weights: bool = False,
 ) -> Step:
-    """Evaluate an artifact: metric, params, MACs, size, host latency, and the rates against the baseline."""
+    """Evaluate an artifact: metric, params, MACs, size, host latency, and the rates against the baseline.
+    ``keeps_weights``: the step converted the format or precision (``Pass.keeps_weights``), so its parameter
+    and MAC counts are its input's."""
     from edgekit import evaluate
     from edgekit.hostrt import latency_ms, predictor
 
     predict = predictor(artifact, threads=ctx.threads)
     metric, extra = bundle.evaluate(predict)
     lat = latency_ms(predict, bundle.example)
-    if artifact.kind == "torch":
+    if keeps_weights and previous is not None:
+        params, macs = previous.params, previous.macs
+    elif artifact.kind == "torch":
         params, macs = evaluate.torch_params(artifact.module), evaluate.torch_macs(artifact.module, bundle.example)
     elif artifact.kind == "onnx":
         params, macs = evaluate.onnx_params(artifact.path), evaluate.onnx_macs(artifact.path, bundle.example)
-    else:  # a conversion (ONNX to IR) and its INT8 keep the graph's weights and op count: carry the parent's
+    else:  # an OpenVINO IR is only ever made from an ONNX model by a conversion
         assert previous is not None
         params, macs = previous.params, previous.macs
     base = baseline
@@ -209,7 +214,16 @@ def execute(
         progress(f"{p.name}: running")
         t0 = time.perf_counter()
         new = p.run(bundle, artifact, ctx)
-        step = measure(p.name, new, bundle, ctx, baseline=baseline, previous=steps[-1], tolerance=tolerance)
+        step = measure(
+            p.name,
+            new,
+            bundle,
+            ctx,
+            baseline=baseline,
+            previous=steps[-1],
+            tolerance=tolerance,
+            keeps_weights=p.keeps_weights,
+        )
         step.seconds = round(time.perf_counter() - t0, 2)
         if step.gate == "failed" and p.config.on_fail == "skip" and not item.inserted:
             step.gate = "skipped"

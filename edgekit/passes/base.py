@@ -55,6 +55,10 @@ class Pass:
     # How far the device's smoke test may stray from the host's output on the packaged sample (relative):
     # lower precisions' kernels differ more between CPUs (x86 vs ARM). None: its input's.
     smoke_rtol: ClassVar[float | None] = None
+    # A conversion or precision change: the weights and operations stay what they were, so its step carries
+    # its input's parameter and MAC counts. Counted again in the new format they moved without any compression
+    # (export folds batch norms: "param red. 0.1 %"; INT8 rounds small weights to zero: "1.1 %").
+    keeps_weights: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

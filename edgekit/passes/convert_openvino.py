@@ -18,6 +18,7 @@ class ConvertOpenVinoConfig(PassConfig):
 class ConvertOpenVino(Pass):
     Config = ConvertOpenVinoConfig
     accepts = ("onnx",)
+    keeps_weights = True
     produces = "openvino"
     runtime = "openvino"
 

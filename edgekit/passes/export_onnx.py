@@ -27,6 +27,7 @@ class ExportOnnxConfig(PassConfig):
 class ExportOnnx(Pass):
     Config = ExportOnnxConfig
     accepts = ("torch",)
+    keeps_weights = True
     produces = "onnx"
 
     def run(self, bundle: ModelBundle, artifact: Artifact, ctx: PassContext) -> Artifact:

@@ -24,6 +24,7 @@ class Fp16(Pass):
     accepts = ("onnx", "openvino")
     precision = "fp16"
     smoke_rtol = 0.05
+    keeps_weights = True
 
     def run(self, bundle: ModelBundle, artifact: Artifact, ctx: PassContext) -> Artifact:
         cfg: Fp16Config = self.config  # type: ignore[assignment]

@@ -31,6 +31,7 @@ class QuantizeOpenVino(Pass):
     runtime = "openvino"
     precision = "int8"
     smoke_rtol = 0.05
+    keeps_weights = True
 
     def run(self, bundle: ModelBundle, artifact: Artifact, ctx: PassContext) -> Artifact:
         import logging

@@ -30,6 +30,7 @@ class QuantizeOrt(Pass):
     runtime = "onnxruntime"
     precision = "int8"
     smoke_rtol = 0.05
+    keeps_weights = True
 
     def run(self, bundle: ModelBundle, artifact: Artifact, ctx: PassContext) -> Artifact:
         from onnxruntime.quantization import (

@@ -32,6 +32,10 @@ def test_digits_static_int8_keeps_accuracy_and_shrinks_3_5x(cli, tmp_path, digit
     assert steps["baseline"]["metric"] - steps["quantize_ort"]["metric"] <= 0.005  # <= 0.5 pp
     assert steps["export_onnx"]["size_bytes"] / steps["quantize_ort"]["size_bytes"] >= 3.5
     assert all(s["gate"] in {"baseline", "passed"} for s in report["steps"])
+    # export and INT8 keep the weights: counted again, BN folding and rounding to zero read as "compression"
+    for name in ("export_onnx", "quantize_ort"):
+        assert steps[name]["params"] == steps["baseline"]["params"] and steps[name]["param_reduction"] == 0
+        assert steps[name]["compute_reduction"] == 0
     for key in (
         "name",
         "params",
@@ -57,6 +61,7 @@ def test_digits_structured_pruning_halves_compute_within_1pp(cli, tmp_path):
     assert steps["baseline"]["metric"] - steps["export_onnx"]["metric"] <= 0.01
     assert steps["prune_structured"]["compute_reduction"] >= 0.5
     assert steps["prune_structured"]["param_reduction"] >= 0.5
+    assert steps["export_onnx"]["params"] == steps["prune_structured"]["params"]  # what pruning left, carried
 
 
 def test_recommender_int8_ndcg_drop_within_1_percent(cli, tmp_path):
@@ -314,3 +319,27 @@ def test_a_model_over_the_profiles_max_model_mb_is_refused_or_left_out(cli, tmp_
     rows = {c["name"]: c for c in report["candidates"]}
     assert rows[report["chosen"]]["size_bytes"] <= 0.5 * 2**20
     assert rows["onnxruntime-int8-static"]["status"] == "over-budget"
+
+
+def test_the_profiles_latency_budget_filters_auto_and_is_a_warning_for_a_recipe(cli, tmp_path):
+    """No model runs in a nanosecond: under --auto every candidate is measurably over the budget (the reason
+    says it is this host's figure) and nothing is chosen; a recipe packages and says so."""
+    import yaml
+
+    from edgekit.profiles import load_profile
+
+    fast = load_profile("x86-64-generic").model_dump(mode="json", exclude_none=True)
+    fast |= {"name": "one-ns", "latency_budget_ms": 1e-6}
+    profile = tmp_path / "one-ns.yaml"
+    profile.write_text(yaml.safe_dump(fast))
+    only = "onnxruntime-fp32,onnxruntime-int8-dynamic"
+    err = fails(cli, "digits_cnn", "--profile", profile, "--auto", "--only", only, "--out", tmp_path / "a")
+    assert "NoCandidate" in err and err.count("over-latency-budget") == 2 and "on this host" in err, err
+    assert not (tmp_path / "a").exists()
+    code, _, err = cli("package", "digits_cnn", "--profile", profile, "--recipe", RECIPES / "digits_int8_static.yaml",
+                       "--out", tmp_path / "r")  # fmt: skip
+    assert (
+        code == 0
+        and "over the profile's latency_budget_ms" in " ".join(err.split())
+        and (tmp_path / "r" / "report.json").exists()
+    )

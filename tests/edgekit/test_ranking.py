@@ -60,3 +60,13 @@ def test_overlapping_intervals_are_a_tie_won_by_the_smaller_model_and_only_a_mea
     assert int8_slow.status == "slower-than-fp32" and "interval" in int8_slow.reason
     clearly = _row("openvino-fp32", "openvino", "fp32", 0.50, (0.48, 0.52), 4000)
     assert choose([parent, int8_tied, clearly]) is clearly  # measurably faster beats smaller
+
+
+def test_a_candidate_measurably_over_the_latency_budget_is_left_out_and_one_whose_interval_reaches_it_is_not():
+    fp32 = _row("onnxruntime-fp32", "onnxruntime", "fp32", 2.00, (1.90, 2.10), 4000)
+    int8 = _row("onnxruntime-int8-static", "onnxruntime", "int8", 1.20, (1.10, 1.30), 1000, 2)
+    assert choose([fp32, int8], latency_budget_ms=1.5) is int8
+    assert fp32.status == "over-latency-budget" and "1.900-2.100" in fp32.reason and "on this host" in fp32.reason
+    reaching = _row("onnxruntime-fp32", "onnxruntime", "fp32", 2.00, (0.90, 2.10), 4000)
+    assert choose([reaching], latency_budget_ms=1.0) is reaching  # not measurably over: kept
+    assert choose([_row("x", "onnxruntime", "fp32", 2.0, (1.9, 2.1), 1)], latency_budget_ms=1.0) is None
