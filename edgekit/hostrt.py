@@ -7,7 +7,6 @@ come from the profile so numbers are comparable across steps.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable
@@ -88,11 +87,9 @@ class Timing:
     def interval(self) -> tuple[float, float]:
         """Distribution-free: the order statistics around the median that hold it with 95 % probability
         (normal approximation of the binomial; samples are assumed independent, which interleaving helps)."""
-        ordered = sorted(self.samples)
-        n = len(ordered)
-        half = 1.96 * math.sqrt(n) / 2
-        lo, hi = max(0, math.floor(n / 2 - half)), min(n - 1, math.ceil(n / 2 + half))
-        return ordered[lo], ordered[hi]
+        from edgekit_agent.bench import median_interval  # one definition: devices rank their benches by it too
+
+        return median_interval(self.samples)
 
 
 def interleaved(

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit_agent import __version__, power
+from edgekit_agent.bench import Bench
 from edgekit_agent.brokers import (
     BrokerListError,
     Credentials,
@@ -34,6 +35,7 @@ from edgekit_agent.brokers import (
 from edgekit_agent.inference import handle
 from edgekit_agent.outbox import Outbox
 from edgekit_agent.protocol import (
+    BenchRequest,
     ChunkRequest,
     ChunkResponse,
     Desired,
@@ -80,6 +82,11 @@ class AgentConfig:
     password: str | None = None
     power_model: tuple[float, float] | None = None
     outbox_limit: int = 10_000
+    bench_space_mb: float = 1024.0  # DATA/candidates: packages benched for the host, never installed
+
+    def __post_init__(self) -> None:
+        if not self.bench_space_mb > 0:
+            raise ConfigError(f"--bench-space-mb {self.bench_space_mb} must be above 0")
 
     def endpoints(self) -> list[Endpoint]:
         try:
@@ -131,6 +138,16 @@ class Agent:
             on_serving=self._serving,
             stop=self.stopping.is_set,
         )
+        # a bench downloads through its own transfer: the updater's may be fetching an install meanwhile
+        self.bench_transfer = Transfer(self._request_chunk, chunk_size=config.chunk_size, window=config.window,
+                                       timeout=config.chunk_timeout, retries=config.chunk_retries)  # fmt: skip
+        self.bench = Bench(
+            root=self.store.root / "candidates", trust=self.trust, profile=config.profile,
+            transfer=self.bench_transfer, threads=config.threads, telemetry=self.telemetry,
+            trusted_now=self.updater.trusted_time, limit_bytes=int(config.bench_space_mb * 2**20),
+            reply=lambda answer: self.outbox.put(self._topic("bench/response"), dumps(answer)),
+            serving=lambda: self.model, power_model=config.power_model, stop=self.stopping.is_set,
+        )  # fmt: skip
         self.control: queue.Queue[Desired | None] = queue.Queue(maxsize=8)
         self.infer_q: queue.Queue[bytes] = queue.Queue(maxsize=64)
         self.client = self._client()
@@ -194,7 +211,7 @@ class Agent:
     # responses are sent at QoS 0 anyway. On a NATS cluster each QoS 1 subscription is a replicated
     # JetStream consumer, whose creation can time out while a node is lost (tests/edgekit/fleet/test_cluster.py).
     # Its own ``state`` too: another agent started with the same device id shows up there (_check_twin).
-    SUBSCRIPTIONS = (("desired", 0), ("chunk/response", 0), ("infer/request", 1), ("state", 0))
+    SUBSCRIPTIONS = (("desired", 0), ("chunk/response", 0), ("infer/request", 1), ("state", 0), ("bench/request", 1))
     SUBSCRIBE_RETRIES = 5
 
     def _subscribe(self, client: Any) -> None:
@@ -245,7 +262,16 @@ class Agent:
                 with contextlib.suppress(queue.Full):
                     self.control.put_nowait(desired)
             elif kind == "chunk/response":
-                self.transfer.deliver(ChunkResponse.from_bytes(msg.payload))
+                response = ChunkResponse.from_bytes(msg.payload)
+                self.transfer.deliver(response)  # each transfer ignores responses to requests it did not make
+                self.bench_transfer.deliver(response)
+            elif kind == "bench/request":
+                try:
+                    self.bench.submit(BenchRequest.from_json(msg.payload))
+                except ProtocolError as exc:  # answered, not only an event: the host waits for it
+                    self.outbox.put(self._topic("bench/response"), dumps({"id": _bench_id(msg.payload),
+                                    "status": "refused", "reason": f"malformed bench request: {exc}"}))  # fmt: skip
+                    raise
             elif kind == "infer/request":
                 try:
                     self.infer_q.put_nowait(msg.payload)
@@ -397,6 +423,15 @@ class Agent:
         deadline = time.monotonic() + timeout
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _bench_id(payload: bytes) -> str | None:
+    """The id of a bench request that failed validation, when it has a usable one (the host matches by it)."""
+    try:
+        value = loads(payload, max_bytes=4096).get("id")
+    except ProtocolError:
+        return None
+    return value if isinstance(value, str) and len(value) <= 64 else None
 
 
 def _acknowledged(info: Any, timeout: float) -> bool:

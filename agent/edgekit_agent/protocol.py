@@ -25,6 +25,8 @@ TOPIC_KINDS = (
     "events",
     "infer/request",
     "infer/response",
+    "bench/request",
+    "bench/response",
 )
 #: What a device reports to the host, at QoS 1 (``edgekit serve`` stores them).
 REPORT_KINDS = ("state", "telemetry", "events")
@@ -196,6 +198,50 @@ class ChunkRequest:
         if not 0 <= offset <= MAX_PACKAGE or not 0 < length <= MAX_CHUNK:
             raise ProtocolError(f"offset must be in 0..{MAX_PACKAGE} and length in 1..{MAX_CHUNK}")
         return cls(_segment(_field(data, "request_id", str), "request_id"), sha, offset, length)
+
+
+#: Bounds of a bench request: runs per batch size, warm-up runs, batch sizes, and the bench's own time limit.
+BENCH_MAX_RUNS = 10_000
+BENCH_MAX_WARMUP = 1_000
+BENCH_MAX_BATCH = 256
+BENCH_MAX_BATCHES = 4
+BENCH_MAX_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    """Host → device on ``bench/request``: fetch ``package`` (as a desired state names one) into the candidates
+    area, verify it as an install would, run it ``runs`` times per batch size after ``warmup`` runs (at most
+    ``max_seconds`` in all), answer on ``bench/response``, and delete it. Never installed."""
+
+    id: str
+    package: Desired
+    runs: int = 200
+    warmup: int = 20
+    batch_sizes: tuple[int, ...] = (1,)
+    max_seconds: float = 120.0
+
+    def to_json(self) -> bytes:
+        body = asdict(self) | {"batch_sizes": list(self.batch_sizes)}
+        return json.dumps(body, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, payload: bytes | str) -> BenchRequest:
+        data = _only(_load(payload, max_bytes=4096), {"id", "package", "runs", "warmup", "batch_sizes", "max_seconds"})
+        package = _field(data, "package", dict)
+        runs, warmup = _field(data, "runs", int), _field(data, "warmup", int)
+        sizes = _field(data, "batch_sizes", list)
+        seconds = _field(data, "max_seconds", (int, float))
+        if not 1 <= runs <= BENCH_MAX_RUNS or not 0 <= warmup <= BENCH_MAX_WARMUP:
+            raise ProtocolError(f"runs must be in 1..{BENCH_MAX_RUNS} and warmup in 0..{BENCH_MAX_WARMUP}")
+        if not 1 <= len(sizes) <= BENCH_MAX_BATCHES or any(
+            not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= BENCH_MAX_BATCH for b in sizes
+        ):
+            raise ProtocolError(f"batch_sizes must be 1-{BENCH_MAX_BATCHES} integers in 1..{BENCH_MAX_BATCH}")
+        if isinstance(seconds, bool) or not 0 < seconds <= BENCH_MAX_SECONDS:
+            raise ProtocolError(f"max_seconds must be in (0, {BENCH_MAX_SECONDS:g}]")
+        return cls(_segment(_field(data, "id", str), "bench id"), Desired.from_json(json.dumps(package)), runs,
+                   warmup, tuple(sizes), float(seconds))  # fmt: skip
 
 
 MAX_CHUNK = 4 << 20

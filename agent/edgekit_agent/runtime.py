@@ -71,30 +71,52 @@ def load(directory: Path, manifest: Manifest, *, threads: int = 1, event: Event 
     raise RuntimeError(f"cannot load {manifest.entry} on any device: {reason}")
 
 
+def sample_inputs(model: Loaded) -> dict[str, Any]:
+    """The package's sample inputs, by input name."""
+    import numpy as np
+
+    return {name: np.load(model.directory / file, allow_pickle=False) for name, file in model.manifest.sample.inputs}
+
+
+def sample_fidelity(model: Loaded) -> dict[str, Any]:
+    """The model's outputs on the package's sample against the expected ones, per output: ``ok``, the largest
+    absolute error and the bound the manifest allows (``atol + rtol * max|expected|``), or ``problem``."""
+    import numpy as np
+
+    m = model.manifest
+    outputs = model.predict(sample_inputs(model))
+    report: dict[str, Any] = {"ok": len(outputs) == len(m.sample.outputs), "outputs": []}
+    if not report["ok"]:
+        report["problem"] = f"the model gave {len(outputs)} outputs, the sample has {len(m.sample.outputs)}"
+    for (name, file), actual in zip(m.sample.outputs, outputs, strict=False):
+        expected = np.load(model.directory / file, allow_pickle=False)
+        actual = np.asarray(actual)
+        row: dict[str, Any] = {"name": name}
+        if actual.shape != expected.shape or actual.dtype != expected.dtype:
+            row["problem"] = (f"output {name!r} is {actual.dtype}{list(actual.shape)}, expected "
+                              f"{expected.dtype}{list(expected.shape)}")  # fmt: skip
+        elif not np.all(np.isfinite(actual)):
+            row["problem"] = f"output {name!r} has NaN or Inf"
+        else:
+            err = float(np.abs(actual.astype(np.float64) - expected).max()) if actual.size else 0.0
+            bound = m.sample.atol + m.sample.rtol * (float(np.abs(expected).max()) if expected.size else 0.0)
+            row |= {"max_abs_error": err, "allowed": bound}
+            if err > bound:
+                row["problem"] = f"output {name!r} differs from the sample by {err:.4g} (allowed {bound:.4g})"
+        report["ok"] = report["ok"] and "problem" not in row
+        report["outputs"].append(row)
+    return report
+
+
 def smoke_test(model: Loaded, *, warmup: int = 3) -> None:
     """Run the package's sample and compare with its expected output; raises SmokeTestFailed with the reason.
 
     Also the warm-up: the first inferences (allocation, kernel selection) happen here, not on a user's request.
     """
-    import numpy as np
-
-    m = model.manifest
-    feed = {name: np.load(model.directory / file, allow_pickle=False) for name, file in m.sample.inputs}
-    for _ in range(warmup):
-        outputs = model.predict(feed)
-    for (name, file), actual in zip(m.sample.outputs, outputs, strict=False):
-        expected = np.load(model.directory / file, allow_pickle=False)
-        actual = np.asarray(actual)
-        if actual.shape != expected.shape or actual.dtype != expected.dtype:
-            raise SmokeTestFailed(
-                f"output {name!r} is {actual.dtype}{list(actual.shape)}, "
-                f"expected {expected.dtype}{list(expected.shape)}"
-            )
-        if not np.all(np.isfinite(actual)):
-            raise SmokeTestFailed(f"output {name!r} has NaN or Inf")
-        err = float(np.abs(actual.astype(np.float64) - expected).max()) if actual.size else 0.0
-        bound = m.sample.atol + m.sample.rtol * (float(np.abs(expected).max()) if expected.size else 0.0)
-        if err > bound:
-            raise SmokeTestFailed(f"output {name!r} differs from the sample by {err:.4g} (allowed {bound:.4g})")
-    if len(outputs) != len(m.sample.outputs):
-        raise SmokeTestFailed(f"the model gave {len(outputs)} outputs, the sample has {len(m.sample.outputs)}")
+    feed = sample_inputs(model)
+    for _ in range(max(warmup - 1, 0)):
+        model.predict(feed)
+    report = sample_fidelity(model)
+    if not report["ok"]:
+        problem = next((o["problem"] for o in report["outputs"] if "problem" in o), report.get("problem"))
+        raise SmokeTestFailed(problem)

@@ -53,6 +53,7 @@ class Telemetry:
         self._t0 = time.monotonic()
         self._cpu0 = self._cpu_seconds()
         self.dropped_messages = 0
+        self._taps: list[list[float]] = []
 
     @staticmethod
     def _cpu_seconds() -> float:
@@ -67,6 +68,22 @@ class Telemetry:
             self._count += 1
             if len(self._latencies) < self._max:
                 self._latencies.append(latency_ms)
+            for tap in self._taps:
+                if len(tap) < self._max:
+                    tap.append(latency_ms)
+
+    def tap(self) -> list[float]:
+        """A list that also gets every latency recorded until :meth:`untap` (a bench watches the serving model
+        with it), apart from the interval snapshots."""
+        tap: list[float] = []
+        with self._lock:
+            self._taps.append(tap)
+        return tap
+
+    def untap(self, tap: list[float]) -> list[float]:
+        with self._lock:
+            self._taps = [t for t in self._taps if t is not tap]
+            return list(tap)
 
     def snapshot(self) -> dict[str, Any]:
         now, cpu = time.monotonic(), self._cpu_seconds()

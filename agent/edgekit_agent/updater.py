@@ -92,13 +92,17 @@ class Updater:
         at every verification and the ``issued_at`` of the installed package (it was signed after that
         moment), persisted in the state file, so it survives restarts and never goes backwards.
         """
-        floor = _parse(self.state.get("time_floor"))
-        installed = _parse((self.state.get("installed") or {}).get("issued_at"))
-        now = max(t for t in (datetime.now(UTC), floor, installed) if t is not None)
+        floor, now = _parse(self.state.get("time_floor")), self.trusted_time()
         if floor is None or now > floor:
             self.state = {**self.state, "time_floor": format_time(now)}
             self.store.write_state(self.state)
         return now
+
+    def trusted_time(self) -> datetime:
+        """As :meth:`trusted_now`, without moving the persisted floor: a bench must not write the updater's state."""
+        floor = _parse(self.state.get("time_floor"))
+        installed = _parse((self.state.get("installed") or {}).get("issued_at"))
+        return max(t for t in (datetime.now(UTC), floor, installed) if t is not None)
 
     def recover(self) -> None:
         """Bring disk and memory in line after a start (clean or after kill -9), then load what is current."""

@@ -351,6 +351,64 @@ def report(
 
 
 @app.command()
+def bench(
+    package: Annotated[Path, typer.Argument(help="a signed .edgepkg (it is benched, never installed)")],
+    device: Annotated[list[str], typer.Option(help="device id; repeatable")] = [],  # noqa: B006 (typer idiom)
+    group: opt.Group = None,
+    runs: Annotated[int, typer.Option("-n", "--runs", help="timed runs per batch size")] = 200,
+    warmup: Annotated[int, typer.Option(help="untimed runs first")] = 20,
+    batch: Annotated[list[int], typer.Option(help="batch size; repeatable (default 1)")] = [],  # noqa: B006
+    max_seconds: Annotated[float, typer.Option(help="the device stops timing after this long")] = 120.0,
+    timeout: Annotated[str, typer.Option(help="how long to wait for every answer, download included")] = "5m",
+    fleet: opt.Fleet = opt.DEFAULT_FLEET,
+    broker: opt.Broker = opt.DEFAULT_BROKER,
+    db: opt.Db = opt.DEFAULT_DB,
+    packages: opt.Packages = opt.DEFAULT_PACKAGES,
+    fmt: opt.Format = "table",
+) -> None:
+    """Time a package on devices without deploying it: each fetches it from edgekit serve, verifies it as an
+    install would, runs it and deletes it; the answers are kept in the store (fleet report shows them)."""
+    from edgekit.fleet.bench import Options, bench_package, summary_rows
+
+    opt.check_format(fmt)
+    options = Options(runs=runs, warmup=warmup, batch_sizes=tuple(batch) or (1,), max_seconds=max_seconds,
+                      timeout=opt.duration(timeout, "--timeout"))  # fmt: skip
+    rel, answers = bench_package(_store(db), broker, fleet, package, packages, devices=device, group=group,
+                                 options=options, progress=lambda m: err.print(f"· {m}", highlight=False))  # fmt: skip
+    rows = summary_rows(answers.by_device)
+    if fmt == "json":
+        print_json({"package": rel.to_json(), "answers": answers.by_device, "rows": rows})
+    else:
+        out.print(_bench_table(rows, f"{rel.desired.name} {rel.desired.version} on the devices"))
+    failed = [r for r in rows if r["status"] != "ok"]
+    if failed:
+        raise typer.Exit(3)
+
+
+def _bench_table(rows: list[dict[str, Any]], title: str) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("device", "status", "runtime", "batch", "p50 ms", "p95 ms", "items/s", "sample", "RSS added",
+                "marginal mJ/inf", "serving p50 ms"):  # fmt: skip
+        table.add_column(col)
+    for r in rows:
+
+        def num(v: Any, f: str = ".3f") -> str:
+            return "-" if v is None else format(v, f)
+
+        energy = num(r["marginal_energy_mj"]) + (" (est.)" if r["energy_is_estimate"] and r["marginal_energy_mj"]
+                                                 is not None else "")  # fmt: skip
+        table.add_row(r["device"], r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}",
+                      r["runtime"] or "-", num(r["batch"], "d") if r["batch"] else "-", num(r["p50_ms"]),
+                      num(r["p95_ms"]), num(r["items_per_s"], ".1f") if r["error"] is None else r["error"],
+                      {True: "ok", False: "differs", None: "-"}[r["sample_ok"]],
+                      "-" if r["rss_added_bytes"] is None else f"{r['rss_added_bytes'] / 2**20:.1f} MB", energy,
+                      num(r["serving_p50_ms"]))  # fmt: skip
+    return table
+
+
+@app.command()
 def migrate(db: opt.Db = opt.DEFAULT_DB, fmt: opt.Format = "table") -> None:
     """Bring the fleet store's schema up to this edgekit's version (serve and every command also do this)."""
     from edgekit.fleet.store import Store

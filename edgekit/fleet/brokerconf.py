@@ -27,8 +27,8 @@ from edgekit.errors import EdgekitError
 from edgekit.fleet.broker import persistence_lines
 
 HOST_USER = "edgekit-host"
-DEVICE_READS = ("desired", "chunk/response", "infer/request", "state")  # its own state: to notice a twin
-DEVICE_WRITES = ("state", "telemetry", "events", "chunk/request", "infer/response")
+DEVICE_READS = ("desired", "chunk/response", "infer/request", "state", "bench/request")  # state: to notice a twin
+DEVICE_WRITES = ("state", "telemetry", "events", "chunk/request", "infer/response", "bench/response")
 
 
 class BrokerConfigInvalid(EdgekitError):

@@ -161,6 +161,58 @@ def _mins(t: float, rollouts: list[dict[str, Any]]) -> float:
     return (t - first) / 60
 
 
+def _benches(benches: list[dict[str, Any]]) -> str:
+    """Packages benched on devices (``edgekit fleet bench``): the p50 at the first batch size asked for, per
+    package and device (the latest bench of each pair), with its 95 % interval as an error bar."""
+    import matplotlib.pyplot as plt
+
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for b in benches:
+        if b["status"] == "ok" and _ok(b["p50_ms"]):
+            latest[(f"{b['name']} {b['version']}", b["device"])] = b
+    packages = sorted({p for p, _ in latest})
+    devices = sorted({d for _, d in latest})
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    width = 0.8 / max(len(devices), 1)
+    for i, device in enumerate(devices):
+        xs, ys, errs = [], [], [[], []]
+        for j, package in enumerate(packages):
+            b = latest.get((package, device))
+            if b is None:
+                continue
+            first = next(x for x in b["body"]["batches"] if "p50_ms" in x)
+            lo, hi = first["p50_interval_ms"]
+            xs.append(j + i * width)
+            ys.append(first["p50_ms"])
+            errs[0].append(max(first["p50_ms"] - lo, 0.0))
+            errs[1].append(max(hi - first["p50_ms"], 0.0))
+        ax.bar(xs, ys, width, yerr=errs, capsize=3, label=device)
+    ax.set_xticks([j + width * (len(devices) - 1) / 2 for j in range(len(packages))], packages, fontsize=8)
+    ax.set_ylabel("p50 latency (ms), first batch size")
+    ax.set_title("Packages benched on devices (bars: 95 % interval of the median)")
+    if devices:
+        ax.legend(fontsize=7, ncol=4)
+    return _png(fig)
+
+
+def _bench_rows(benches: list[dict[str, Any]]) -> str:
+    e = html.escape
+    rows = []
+    for b in benches[-100:]:
+        body = b["body"]
+        first = next((x for x in body.get("batches") or [] if "p50_ms" in x), {})
+        power = body.get("power") or {}
+        energy = power.get("marginal_energy_per_inference_mj")
+        said = "–" if energy is None else f"{energy:.3f}" + (" (estimate)" if power.get("is_estimate") else "")
+        what = b["status"] if b["status"] == "ok" else f"{b['status']}: {body.get('reason', '')}"
+        runtime = f"{body.get('engine')}:{body.get('device')}" if b["status"] == "ok" else "–"
+        rows.append(f"<tr><td>{e(b['name'])} {e(b['version'])}</td><td>{e(b['device'])}</td><td>{e(what)}</td>"
+                    f"<td>{e(runtime)}</td><td>{first.get('batch', '–')}</td><td>{first.get('p50_ms', '–')}</td>"
+                    f"<td>{first.get('p95_ms', '–')}</td>"
+                    f"<td>{e(said)}</td></tr>")  # fmt: skip
+    return "".join(rows)
+
+
 def write_report(store: Any, fleet: str, out: Path, *, since: float) -> Path:
     import matplotlib
 
@@ -171,11 +223,13 @@ def write_report(store: Any, fleet: str, out: Path, *, since: float) -> Path:
     rollouts = store.rollouts(fleet)
     status = status_rows(store, fleet)
     events = store.events(fleet, since=since, limit=100)
+    benches = [b for b in store.benches(fleet) if b["t"] >= since]
     images = {
         "Latency": _latency(telemetry),
         "Power and energy": _power(telemetry),
         "Versions": _versions(telemetry),
         "Rollouts": _rollouts(rollouts),
+        **({"Benches": _benches(benches)} if benches else {}),
     }
     e = html.escape
 
@@ -211,6 +265,8 @@ td,th{{border:1px solid #ccc;padding:3px 6px}}img{{max-width:100%}}</style></hea
 from the profile's power model, not a sensor.</p>
 <h2>Devices</h2><table><tr>{head}</tr>{body}</table>
 <h2>Rollouts</h2><table><tr><th>id</th><th>package</th><th>group</th><th>status</th><th>reason</th></tr>{ro}</table>
+<h2>Benches on devices</h2><table><tr><th>package</th><th>device</th><th>status</th><th>runtime</th>
+<th>batch</th><th>p50 ms</th><th>p95 ms</th><th>marginal mJ/inference</th></tr>{_bench_rows(benches)}</table>
 {figures}
 <h2>Latest events</h2><table><tr><th>time (UTC)</th><th>device</th><th>kind</th><th>details</th></tr>{ev}</table>
 </body></html>"""

@@ -106,6 +106,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         """CREATE TABLE workers (holder TEXT PRIMARY KEY, started DOUBLE PRECISION NOT NULL,
             updated DOUBLE PRECISION NOT NULL, healthy INTEGER NOT NULL, detail TEXT NOT NULL)""",
     )),
+    Migration(4, "benches: a package timed on a device (edgekit fleet bench, edgekit package --measure-on)", (
+        """CREATE TABLE benches (
+            fleet TEXT NOT NULL, device TEXT NOT NULL, id TEXT NOT NULL, t DOUBLE PRECISION NOT NULL,
+            name TEXT NOT NULL, version TEXT NOT NULL, sha256 TEXT NOT NULL, status TEXT NOT NULL,
+            p50_ms DOUBLE PRECISION, body TEXT NOT NULL, PRIMARY KEY (fleet, device, id))""",
+    )),
 )  # fmt: skip
 SCHEMA_VERSION = MIGRATIONS[-1].version
 # the row a telemetry message becomes: where it came from, then every schema field under its one name
@@ -444,6 +450,26 @@ class Store:
         if device is None:
             return self.query("SELECT * FROM deployments WHERE fleet = ? ORDER BY t", (fleet,))
         return self.query("SELECT * FROM deployments WHERE fleet = ? AND device = ? ORDER BY t", (fleet, device))
+
+    # -- benches ------------------------------------------------------------------------------------------
+    def record_bench(self, fleet: str, device: str, answer: dict[str, Any]) -> None:
+        """A device's ``bench/response`` as it came (``body``), with what tables sort by pulled out."""
+        package = answer.get("package") or {}
+        first = next((b for b in answer.get("batches") or [] if "p50_ms" in b), {})
+        with self.tx() as cur:
+            cur.execute(
+                "INSERT INTO benches (fleet, device, id, t, name, version, sha256, status, p50_ms, body) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (fleet, device, str(answer.get("id")), time.time(), str(package.get("name")),
+                 str(package.get("version")), str(package.get("sha256")), str(answer.get("status")),
+                 first.get("p50_ms"), json.dumps(answer, sort_keys=True)),
+            )  # fmt: skip
+
+    def benches(self, fleet: str) -> list[dict[str, Any]]:
+        rows = self.query("SELECT * FROM benches WHERE fleet = ? ORDER BY t", (fleet,))
+        for r in rows:
+            r["body"] = json.loads(r["body"])
+        return rows
 
     # -- telemetry and events -------------------------------------------------------------------------
     def telemetry(self, fleet: str, device: str | None = None, since: float = 0.0) -> list[dict[str, Any]]:

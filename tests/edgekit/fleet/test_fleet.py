@@ -15,7 +15,7 @@ import pkgs
 import pytest
 from edgekit_agent.agent import Agent, AgentConfig
 from edgekit_agent.inference import encode
-from edgekit_agent.protocol import topic
+from edgekit_agent.protocol import subscription, topic
 from fleet import wait_until
 
 from edgekit.fleet import mqtt
@@ -83,7 +83,7 @@ def fleet(tmp_path, broker, monkeypatch, cli):
 
     traffic = Traffic(broker.url, "lab", DEVICES)
     yield {"package": package, "store": store, "ingest": ingest, "keys": keys, "cli": cli, "tmp": tmp_path,
-           "repo": repo, "server": server, "url": broker.url}  # fmt: skip
+           "repo": repo, "server": server, "url": broker.url, "agents": agents}  # fmt: skip
     traffic.stop()
     for agent in agents:
         agent.stop()
@@ -221,3 +221,46 @@ def test_rollout_state_survives_a_restart_and_resume_finishes_it(fleet):
     assert json.loads(out)["status"] == "completed" and set(versions(f["store"]).values()) == {"v2"}
     code, _, err = cli("rollout", "abort")
     assert code != 0 and "only a running rollout can be aborted" in err
+
+
+def test_fleet_bench_times_a_package_on_every_device_without_deploying_it_and_reports_what_they_answered(fleet):
+    f, cli = fleet, fleet["cli"]
+    code, _, err = cli("deploy", f["package"]("v1", counter=10), "--group", "all")
+    assert code == 0, err
+    serving_everywhere(f, "v1")
+    seen: list[bytes] = []  # the bench/response messages as they are on the broker
+    watcher = mqtt.client("watch")
+    watcher.on_message = lambda _c, _u, msg: seen.append(bytes(msg.payload))
+    watcher.on_connect = lambda c, *_: c.subscribe(subscription("lab", "bench/response"), qos=1)
+    mqtt.connect(watcher, f["url"])
+    time.sleep(0.3)
+    candidate = f["package"]("heavy", counter=11, heavy=True)
+    try:
+        code, out, err = cli("fleet", "bench", candidate, "--group", "all", "-n", "40", "--batch", "1", "--batch", "4",
+                             "--format", "json")  # fmt: skip
+        assert code == 0, err
+        result = json.loads(out)
+        wait_until(lambda: len(seen) >= 2, "both answers seen on the broker", 10)
+    finally:
+        watcher.disconnect()
+        watcher.loop_stop()
+    on_broker = {json.loads(m)["id"]: json.loads(m) for m in seen}
+    assert len(result["answers"]) == 2
+    for device, answer in result["answers"].items():
+        assert answer == on_broker[answer["id"]], device  # what the command reports is what the device said
+        assert answer["status"] == "ok" and answer["sample"]["ok"]
+        assert [b["batch"] for b in answer["batches"]] == [1, 4] and answer["batches"][0]["runs"] == 40
+    assert set(versions(f["store"]).values()) == {"v1"}  # benched, not deployed
+    stored = f["store"].benches("lab")
+    assert sorted(b["device"] for b in stored) == sorted(DEVICES) and all(b["version"] == "heavy" for b in stored)
+    report = f["tmp"] / "report.html"
+    code, _, err = cli("fleet", "report", "--out", report)
+    assert code == 0 and "Benches on devices" in report.read_text() and "heavy" in report.read_text(), err
+    # a device that does not answer is named, after the timeout, in one line; nothing is installed
+    f["agents"][1].stop()
+    code, _, err = cli("fleet", "bench", candidate, "--device", "dev-2", "--timeout", "3s")
+    assert code != 0 and "Traceback" not in err
+    assert "no bench answer within 3 s from dev-2" in " ".join(err.split()), err
+    # bounds are checked before anything is sent
+    code, _, err = cli("fleet", "bench", candidate, "--device", "dev-1", "-n", "1000000")
+    assert code != 0 and "runs must be in 1..10000" in err
