@@ -66,6 +66,14 @@ class CandidateResult:
     artifact: Any = None
     error: Exception | None = None  # what stopped a candidate that did not build
     latency_interval_ms: tuple[float, float] | None = None  # 95 % interval of the median (interleaved timing)
+    # where latency_ms was measured: "host:<engine>", or "device:<id>:<engine>:<device>" (--measure-on, the
+    # worst device), with the host's figure and each device's kept (edgekit.measure)
+    measured_on: str | None = None
+    host_latency_ms: float | None = None
+    host_latency_interval_ms: tuple[float, float] | None = None
+    device_figures: dict[str, Any] | None = None
+    energy_mj: float | None = None  # marginal energy per inference on the worst device (--measure-on)
+    energy_is_estimate: bool | None = None
 
     def row(self) -> dict[str, Any]:
         return {
@@ -82,6 +90,12 @@ class CandidateResult:
                 "reason",
                 "seconds",
                 "latency_interval_ms",
+                "measured_on",
+                "host_latency_ms",
+                "host_latency_interval_ms",
+                "device_figures",
+                "energy_mj",
+                "energy_is_estimate",
             )
         }
 

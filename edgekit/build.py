@@ -52,6 +52,7 @@ class PackageResult:
     dry_run: bool = False
     description: str = ""
     package_path: str | None = None
+    latency_measured_on: str | None = None  # "host:<engine>", or "device:<id>:<engine>:<device>" (--measure-on)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,7 +69,13 @@ class PackageResult:
             "candidates": self.candidates,
             "model_description": self.description,
             "package_path": self.package_path,
-            "latency_note": "host latency on this machine's CPU, batch as in the model's example, p50 over >=30 runs",
+            "latency_measured_on": self.latency_measured_on,
+            "latency_note": "step latencies: this host's CPU, batch as in the model's example, p50 over >=30 runs"
+            + (
+                ""
+                if not (self.latency_measured_on or "").startswith("device:")
+                else f"; the candidates were ranked by the device's p50 ({self.latency_measured_on}, the worst device)"
+            ),
         }
 
 
@@ -265,6 +272,7 @@ def run_package(
     sign: Signing | None = None,
     keep_candidates: str | Path | None = None,
     force: bool = False,
+    measure_on: Any = None,
     progress: Progress = lambda _msg: None,
 ) -> PackageResult:
     """Compress and convert ``model`` for ``profile`` and write the result to ``out`` (see module doc).
@@ -275,8 +283,11 @@ def run_package(
     directory is kept). With ``keep_candidates``, every candidate that built (within tolerance or not) is
     copied to ``DIR/NAME/`` with its row in ``candidate.json``, so a user can run the ones --auto did not
     choose instead of rebuilding them. An existing ``out`` that edgekit did not write is replaced only with
-    ``force``.
+    ``force``. With ``measure_on`` (an ``edgekit.measure.MeasureOn``, --auto only) the candidates are ranked by
+    what devices measured (edgekit.measure).
     """
+    if measure_on is not None:
+        _check_measure(measure_on, profile=profile, auto=auto, sign=sign)
     job = _prepare(model, profile=profile, recipe=recipe, auto=auto, out=out, data=data, only=only, sign=sign,
                    keep_candidates=keep_candidates, progress=progress, force=force,
                    input_shapes=input_shapes)  # fmt: skip
@@ -294,7 +305,11 @@ def run_package(
         results = _search(job, plans, Path(work), progress)
         if not job.strict:
             _rank(job, results, progress)
-        best = choose(results, None if job.strict else job.profile.latency_budget_ms)
+        if measure_on is not None:
+            best = _choose_on_devices(job, results, measure_on, sign, Path(work), progress)
+        else:
+            _say_host_ranking(job, progress)
+            best = choose(results, None if job.strict else job.profile.latency_budget_ms)
         if best is None:
             errors = [c.error for c in results]
             if all(isinstance(e, ExportFailed) for e in errors):  # the model itself, not a candidate: say that
@@ -308,6 +323,7 @@ def run_package(
             **common, runtime=runtime_device(best.runtime, job.profile), precision=best.artifact.precision,
             output_dir=str(job.out.resolve()), steps=best.steps, chosen=best.name, plan=[s.name for s in best.steps],
             candidates=None if job.strict else [c.row() for c in results],
+            latency_measured_on=best.measured_on or f"host:{best.runtime}",
         )  # fmt: skip
         report = result.to_json()
         report["runtime_config"] = best.artifact.runtime_config
@@ -317,6 +333,54 @@ def run_package(
             result.output_dir = None
         result.package_path = str(sealed.resolve()) if sealed is not None else None
         return result
+
+
+def _check_measure(measure_on: Any, *, profile: str | DeviceProfile, auto: bool, sign: Signing | None) -> None:
+    from edgekit.measure import MeasureInvalid, check
+
+    if not auto:
+        raise MeasureInvalid("--measure-on ranks --auto's candidates; use it with --auto (a recipe has one)")
+    prof = load_profile(profile) if isinstance(profile, str) else profile
+    check(measure_on, prof.name, signed=sign is not None)
+
+
+def _say_host_ranking(job: _Job, progress: Progress) -> None:
+    """A profile for another architecture than this host's: the ranking is the host's, and says so."""
+    import platform
+
+    host = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
+    if not job.strict and job.profile.arch != host:
+        progress(f"the ranking is this {host} host's, not the {job.profile.arch} device's: add --measure-on DEVICE "
+                 "to rank by what a device of this profile measures")  # fmt: skip
+
+
+def _choose_on_devices(job: _Job, results: list[CandidateResult], measure_on: Any, sign: Signing | None,
+                       work: Path, progress: Progress) -> CandidateResult | None:  # fmt: skip
+    """Pack and sign each candidate within tolerance as it would be shipped, bench it on the devices, choose."""
+    import uuid
+    from dataclasses import replace
+
+    from edgekit.measure import choose as choose_on_devices
+    from edgekit.measure import measure_candidates
+
+    assert sign is not None
+    base, run = sign.version or "0", uuid.uuid4().hex[:8]  # run: two runs' candidates never share a file name
+
+    def stage(r: CandidateResult) -> Path:
+        dest = work / "measure" / r.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        report = {"model": job.bundle.name, "profile": job.profile.name, "threads": job.threads,
+                  "runtime": runtime_device(r.runtime, job.profile), "precision": r.artifact.precision,
+                  "steps": [s.to_dict() for s in r.steps], "chosen": r.name,
+                  "runtime_config": r.artifact.runtime_config}  # fmt: skip
+        signing = replace(sign, version=f"{base}+{r.name}")  # a candidate, named as one
+        sealed = _write_output(dest, r.artifact, report, job.bundle, threads=job.threads, signing=signing,
+                               package_file=dest.with_name(f"{job.bundle.name}-{r.name}-{run}.edgepkg"))  # fmt: skip
+        assert sealed is not None
+        return sealed
+
+    measure_candidates(results, measure_on, stage, progress)
+    return choose_on_devices(results, measure_on, job.profile.latency_budget_ms)
 
 
 def _prepare(model: str | ModelBundle, *, profile: str | DeviceProfile, recipe: Any, auto: bool, out: str | Path,

@@ -220,7 +220,7 @@ def execute(
             bundle,
             ctx,
             baseline=baseline,
-            previous=steps[-1],
+            previous=next(s for s in reversed(steps) if s.gate != "skipped"),  # a skipped step's model was dropped
             tolerance=tolerance,
             keeps_weights=p.keeps_weights,
         )

@@ -39,13 +39,19 @@ def render_steps(result: Any) -> Any:
         "gate",
     ):
         table.add_column(col, justify="left" if col in {"step", "latency on", "gate"} else "right")
+    on_devices = any("device_latency" in s.notes for s in result.steps)
+    if on_devices:  # --measure-on: the chosen candidate's figures on each device next to the host's
+        table.add_column("device p50 ms", justify="left")
     for s in result.steps:
-        table.add_row(
+        row = [
             s.name, f"{s.params:,}", f"{s.param_reduction:.1%}", f"{s.macs:,}", f"{s.compute_reduction:.1%}",
             _fmt_bytes(s.size_bytes), f"{s.latency_ms:.3f}", s.latency_runtime + _computes(s),
-            f"{s.metric_name} {s.metric:.4f}",
-            f"{s.performance_drop:.2%}", s.gate,
-        )  # fmt: skip
+            f"{s.metric_name} {s.metric:.4f}", f"{s.performance_drop:.2%}", s.gate,
+        ]  # fmt: skip
+        if on_devices:
+            figures = s.notes.get("device_latency") or {}
+            row.append(", ".join(f"{f['p50_ms']:.3f} on {d}" for d, f in sorted(figures.items())) or "-")
+        table.add_row(*row)
     return table
 
 
@@ -56,13 +62,19 @@ def render_candidates(rows: list[dict[str, Any]]) -> Any:
                   "by the smaller model; a compressed one measurably slower than its fp32 never wins)")  # fmt: skip
     for col in ("candidate", "precision", "metric", "drop", "p50 ms (95 % interval)", "size", "status"):
         table.add_column(col)
+    if any(r.get("measured_on") for r in rows):
+        table.add_column("p50 measured on")
+        table.add_column("host p50 ms")
     for r in rows:
+        extra = [r.get("measured_on") or "host", "-" if r.get("host_latency_ms") is None else
+                 f"{r['host_latency_ms']:.3f}"] if any(x.get("measured_on") for x in rows) else []  # fmt: skip
         table.add_row(
             r["name"], r["precision"], "-" if r["metric"] is None else f"{r['metric']:.4f}",
             "-" if r["performance_drop"] is None else f"{r['performance_drop']:.2%}",
             "-" if r["latency_ms"] is None else f"{r['latency_ms']:.3f}" + _interval(r.get("latency_interval_ms")),
             "-" if r["size_bytes"] is None else _fmt_bytes(r["size_bytes"]),
             r["status"] + (f" ({r['reason']})" if r["reason"] else ""),
+            *extra,
         )  # fmt: skip
     return table
 
@@ -110,6 +122,22 @@ def package(
     force: Annotated[
         bool, typer.Option("--force", help="replace an existing --out directory that edgekit did not write")
     ] = False,
+    measure_on: Annotated[
+        str | None,
+        typer.Option(help="with --auto: DEVICE[,DEVICE...] to bench every candidate on (the worst device ranks)"),
+    ] = None,
+    objective: Annotated[str, typer.Option(help="with --measure-on: latency | energy | size")] = "latency",
+    allow_estimates: Annotated[
+        bool, typer.Option("--allow-estimates", help="--objective energy may rank by estimated power")
+    ] = False,
+    measure_runs: Annotated[int, typer.Option(help="with --measure-on: timed runs per candidate and device")] = 200,
+    latency_budget: Annotated[
+        float | None, typer.Option(help="ms; overrides the profile's latency_budget_ms (filters --auto)")
+    ] = None,
+    broker: opt.Broker = opt.DEFAULT_BROKER,
+    fleet: opt.Fleet = opt.DEFAULT_FLEET,
+    db: opt.Db = opt.DEFAULT_DB,
+    packages: opt.Packages = opt.DEFAULT_PACKAGES,
     fmt: opt.Format = "table",
     key: opt.Key = None,
     name: opt.Name = None,
@@ -122,33 +150,43 @@ def package(
     --out, and with --key a signed .edgepkg."""
     from edgekit.build import run_package
 
+    target = _with_budget(profile, latency_budget)
+    measure = None
+    if measure_on is not None:
+        from edgekit.measure import MeasureOn
+
+        measure = MeasureOn([d.strip() for d in measure_on.split(",") if d.strip()], broker, fleet, db, packages,
+                            objective=objective, allow_estimates=allow_estimates, runs=measure_runs)  # fmt: skip
+
     def progress(msg: str) -> None:
         err.print(f"[dim]·[/] {msg}", highlight=False)
 
+    sign = opt.signing(key, name=name, version=version, counter=counter, issued_at=issued_at,
+                       expires_in=expires_in) if key else None  # fmt: skip
     with stdout_to_stderr():
-        result = run_package(
-            model,
-            profile=profile,
-            recipe=recipe,
-            auto=auto,
-            out=out_dir,
-            dry_run=dry_run,
-            data=data,
-            input_shapes=_input_shapes(input_shape),
-            only=[s.strip() for s in only.split(",")] if only else None,
-            keep_candidates=keep_candidates,
-            force=force,
-            sign=opt.signing(
-                key, name=name, version=version, counter=counter, issued_at=issued_at, expires_in=expires_in
-            )
-            if key
-            else None,
-            progress=progress,
-        )
+        result = run_package(model, profile=target, recipe=recipe, auto=auto, out=out_dir, dry_run=dry_run, data=data,
+                             input_shapes=_input_shapes(input_shape), only=[s.strip() for s in only.split(",")]
+                             if only else None, keep_candidates=keep_candidates, force=force, sign=sign,
+                             measure_on=measure, progress=progress)  # fmt: skip
+    _show(result, fmt)
+
+
+def _with_budget(profile: str, latency_budget: float | None) -> Any:
+    """The profile, with --latency-budget in place of its latency_budget_ms."""
+    if latency_budget is None:
+        return profile
+    from edgekit.profiles import load_profile
+
+    if not latency_budget > 0:
+        raise opt.OptionInvalid(f"--latency-budget {latency_budget} must be above 0 (ms)")
+    return load_profile(profile).model_copy(update={"latency_budget_ms": latency_budget})
+
+
+def _show(result: Any, fmt: str) -> None:
     if fmt == "json":
         print_json(result.to_json())
         return
-    if dry_run:
+    if result.dry_run:
         out.print(f"plan for {result.model} on {result.profile} (target {result.runtime}):", highlight=False)
         for line in result.plan:
             out.print(f"  {line}", highlight=False)

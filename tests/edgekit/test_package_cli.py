@@ -343,3 +343,13 @@ def test_the_profiles_latency_budget_filters_auto_and_is_a_warning_for_a_recipe(
         and "over the profile's latency_budget_ms" in " ".join(err.split())
         and (tmp_path / "r" / "report.json").exists()
     )
+
+
+def test_auto_for_a_profile_of_another_architecture_says_the_ranking_is_the_hosts(cli, tmp_path):
+    import platform
+
+    code, _, err = cli("package", "digits_cnn", "--profile", "rpi4", "--auto", "--only", "onnxruntime-int8-dynamic",
+                       "--out", tmp_path / "o")  # fmt: skip
+    assert code == 0, err
+    said = "the ranking is this x86_64 host's, not the aarch64 device's: add --measure-on" in " ".join(err.split())
+    assert said == (platform.machine() == "x86_64"), err
