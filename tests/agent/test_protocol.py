@@ -58,3 +58,21 @@ def test_desired_round_trip_and_validation():
     ]:
         with pytest.raises(ProtocolError):
             Desired.from_json(bad)
+
+
+def test_a_bench_request_is_bounded_and_exact():
+    import json
+
+    from edgekit_agent.protocol import BenchRequest, Desired
+
+    good = BenchRequest("b-1", Desired("m", "1", "a" * 64, 2, 100), runs=50, warmup=5, batch_sizes=(1, 8))
+    assert BenchRequest.from_json(good.to_json()) == good
+    body = json.loads(good.to_json())
+    for change, words in [({"runs": 0}, "runs must be"), ({"runs": True}, "wrong type"), ({"warmup": 1001}, "warmup"),
+                          ({"batch_sizes": []}, "batch_sizes"), ({"batch_sizes": [1, 2, 3, 4, 5]}, "batch_sizes"),
+                          ({"batch_sizes": [257]}, "batch_sizes"), ({"batch_sizes": [1.5]}, "batch_sizes"),
+                          ({"max_seconds": 0}, "max_seconds"), ({"max_seconds": 601}, "max_seconds"),
+                          ({"id": "a b"}, "bench id"), ({"extra": 1}, "unknown fields"),
+                          ({"package": {"name": "m"}}, "missing field")]:  # fmt: skip
+        with pytest.raises(ProtocolError, match=words):
+            BenchRequest.from_json(json.dumps(body | change))
