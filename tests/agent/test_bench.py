@@ -16,9 +16,9 @@ import pytest
 from edgekit_agent.agent import Agent, AgentConfig
 from edgekit_agent.inference import encode
 from edgekit_agent.protocol import BenchRequest, Desired
-from fleet import Host
+from fleet import Host, served_repo
 
-from edgekit.fleet.serve import PackageServer, sha256_file
+from edgekit.fleet.serve import sha256_file
 
 pytestmark = pytest.mark.integration
 X = np.linspace(0, 1, 16, dtype=np.float32)[None]
@@ -26,33 +26,26 @@ X = np.linspace(0, 1, 16, dtype=np.float32)[None]
 
 @pytest.fixture
 def bench_world(tmp_path, broker):
-    keys = pkgs.keys(tmp_path / "keys")
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    server = PackageServer(repo, broker.url)
-    server.start()
-    host = Host(broker.url)
     agents: list[Agent] = []
+    with served_repo(tmp_path, broker.url) as (keys, repo, host, _server):
 
-    def package(name: str, *, key=None, **src) -> Desired:
-        path = pkgs.build(pkgs.source_dir(tmp_path / f"src-{name}", **src), repo / f"{name}.edgepkg", key or keys[0],
-                          counter=3, version=name)  # fmt: skip
-        return Desired("tiny", name, sha256_file(path), 3, path.stat().st_size)
+        def package(name: str, *, key=None, **src) -> Desired:
+            path = pkgs.build(pkgs.source_dir(tmp_path / f"src-{name}", **src), repo / f"{name}.edgepkg",
+                              key or keys[0], counter=3, version=name)  # fmt: skip
+            return Desired("tiny", name, sha256_file(path), 3, path.stat().st_size)
 
-    def agent(**overrides) -> Agent:
-        cfg = AgentConfig(broker=broker.url, fleet="lab", device_id="dev-1", profile=pkgs.PROFILE,
-                          data_dir=tmp_path / "data", trust=[keys[1]], telemetry_interval=0.5, chunk_size=4096,
-                          chunk_timeout=1.0, **overrides)  # fmt: skip
-        a = Agent(cfg)
-        a.start()
-        agents.append(a)
-        return a
+        def agent(**overrides) -> Agent:
+            cfg = AgentConfig(broker=broker.url, fleet="lab", device_id="dev-1", profile=pkgs.PROFILE,
+                              data_dir=tmp_path / "data", trust=[keys[1]], telemetry_interval=0.5, chunk_size=4096,
+                              chunk_timeout=1.0, **overrides)  # fmt: skip
+            a = Agent(cfg)
+            a.start()
+            agents.append(a)
+            return a
 
-    yield {"host": host, "package": package, "agent": agent, "repo": repo, "keys": keys, "tmp": tmp_path}
-    for a in agents:
-        a.stop()
-    server.stop()
-    host.close()
+        yield {"host": host, "package": package, "agent": agent, "repo": repo, "keys": keys, "tmp": tmp_path}
+        for a in agents:
+            a.stop()
 
 
 def ask(host: Host, request: BenchRequest, timeout: float = 60.0) -> dict:

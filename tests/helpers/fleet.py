@@ -3,6 +3,7 @@ everything devices publish (state, events, telemetry, inference responses, chunk
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -92,3 +93,24 @@ def wait_until(predicate, what: str, timeout: float = 60.0):
             return value
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextlib.contextmanager
+def served_repo(tmp_path, broker_url: str):
+    """A signing key pair, an empty package repository answered by a real ``PackageServer`` on the broker,
+    and a :class:`Host` listening to dev-1: what every agent test starts from. Yields (keys, repo, host, server)."""
+    import pkgs
+
+    from edgekit.fleet.serve import PackageServer
+
+    keys = pkgs.keys(tmp_path / "keys")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    server = PackageServer(repo, broker_url)
+    server.start()
+    host = Host(broker_url)
+    try:
+        yield keys, repo, host, server
+    finally:
+        server.stop()
+        host.close()
