@@ -18,9 +18,14 @@ app = typer.Typer(help="Look at and organise the fleet: status, live watch, hist
                   no_args_is_help=True)  # fmt: skip
 
 
-def _store(db: str) -> Any:
-    from edgekit.fleet.store import Store
+def _store(db: str, *, existing: bool = False) -> Any:
+    """``existing``: a command that only reads (or labels) a store refuses a SQLite file that is not there: a
+    typo in --db would otherwise create an empty store and report an empty fleet."""
+    from edgekit.fleet.store import Store, StoreUnreachable, sqlite_path
 
+    path = sqlite_path(db)
+    if existing and path is not None and not path.exists():
+        raise StoreUnreachable(f"no fleet store at {path}; check --db (edgekit serve creates it when it starts)")
     return Store(db)
 
 
@@ -137,7 +142,7 @@ def rollout(
     from edgekit.fleet import rollout as ro
 
     opt.check_format(fmt)
-    store = _store(db)
+    store = _store(db, existing=True)
     key = key or _default_key()
 
     def runner(doc: dict[str, Any]) -> ro.Runner:
@@ -221,7 +226,7 @@ def label(
         if not sep or not key:
             raise opt.OptionInvalid(f"label {item!r} must be key=value (or key= to remove it)")
         changes[key] = value or None
-    result = _store(db).label(fleet, device, changes)
+    result = _store(db, existing=True).label(fleet, device, changes)
     if fmt == "json":
         print_json({"device": device, "labels": result})
     else:
@@ -234,7 +239,7 @@ def status(fleet: opt.Fleet = opt.DEFAULT_FLEET, db: opt.Db = opt.DEFAULT_DB, fm
     from edgekit.fleet.status import status_rows, status_table, worker_lines
 
     opt.check_format(fmt)
-    store = _store(db)
+    store = _store(db, existing=True)
     rows = status_rows(store, fleet)
     if fmt == "json":
         print_json(rows)
@@ -259,7 +264,7 @@ def watch(
 
     from edgekit.fleet.status import status_rows, status_table
 
-    store = _store(db)
+    store = _store(db, existing=True)
     n = 0
     with Live(status_table(status_rows(store, fleet), fleet), console=out, auto_refresh=False) as live:
         while count is None or n < count:
@@ -289,7 +294,7 @@ def history(
     opt.check_format(fmt)
     if metric not in METRICS:
         raise opt.OptionInvalid(f"--metric {metric!r} is not one of {', '.join(METRICS)}")
-    store = _store(db)
+    store = _store(db, existing=True)
     store.device(fleet, device)
     rows = store.telemetry(fleet, device, since=time.time() - opt.duration(since, "--since"))
     points = [{"time": r["t"], "version": r["package_version"], metric: r[metric]} for r in rows]
@@ -318,7 +323,7 @@ def events(
     from rich.table import Table
 
     opt.check_format(fmt)
-    store = _store(db)
+    store = _store(db, existing=True)
     if device:
         store.device(fleet, device)
     rows = store.events(fleet, device, since=time.time() - opt.duration(since, "--since"), limit=limit)
@@ -346,7 +351,7 @@ def report(
     """One self-contained HTML file: latency per device, power/energy, versions, rollout timeline."""
     from edgekit.fleet.report import write_report
 
-    path = write_report(_store(db), fleet, out_path, since=time.time() - opt.duration(since, "--since"))
+    path = write_report(_store(db, existing=True), fleet, out_path, since=time.time() - opt.duration(since, "--since"))
     out.print(f"wrote {path} ({path.stat().st_size:,} bytes)", highlight=False)
 
 
@@ -408,13 +413,22 @@ def _bench_table(rows: list[dict[str, Any]], title: str) -> Any:
     return table
 
 
+def _store_unmigrated(db: str) -> int:
+    from edgekit.fleet.store import Store, StoreUnreachable, sqlite_path
+
+    path = sqlite_path(db)
+    if path is not None and not path.exists():
+        raise StoreUnreachable(f"no fleet store at {path}; nothing to migrate (check --db)")
+    return Store(db, migrate=False).version()
+
+
 @app.command()
 def migrate(db: opt.Db = opt.DEFAULT_DB, fmt: opt.Format = "table") -> None:
     """Bring the fleet store's schema up to this edgekit's version (serve and every command also do this)."""
     from edgekit.fleet.store import Store
 
     opt.check_format(fmt)
-    before = Store(db, migrate=False).version()
+    before = _store_unmigrated(db)
     store = Store(db)
     done = {"db": db, "from": before, "to": store.version(),
             "applied": [{"version": m.version, "what": m.what} for m in store.applied]}  # fmt: skip

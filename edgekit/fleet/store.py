@@ -619,10 +619,17 @@ class _Cursor:
         return getattr(self._cur, name)
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///PATH`` store (None for another engine)."""
+    if urlparse(url).scheme != "sqlite":
+        return None
+    return Path(url[len("sqlite:///") :] if url.startswith("sqlite:///") else urlparse(url).path)
+
+
 def _connect(url: str) -> tuple[str, Any]:
     parsed = urlparse(url)
-    if parsed.scheme == "sqlite":
-        path = Path(url[len("sqlite:///") :] if url.startswith("sqlite:///") else parsed.path)
+    path = sqlite_path(url)
+    if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(path, timeout=30, check_same_thread=False)

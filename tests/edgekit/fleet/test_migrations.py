@@ -93,3 +93,13 @@ def test_fleet_migrate_reports_the_versions(cli, tmp_path):
     )
     code, out, _ = cli("fleet", "migrate", "--db", f"sqlite:///{db}")
     assert code == 0 and f"already at schema version {SCHEMA_VERSION}" in out
+
+
+def test_commands_that_read_a_store_refuse_a_sqlite_file_that_is_not_there(cli, tmp_path):
+    """A typo in --db would otherwise create an empty store and report an empty fleet."""
+    missing = tmp_path / "typo" / "fleet.db"
+    for args in (("fleet", "status"), ("fleet", "migrate"), ("fleet", "events"), ("fleet", "label", "d", "a=b"),
+                 ("fleet", "report", "--out", tmp_path / "r.html")):  # fmt: skip
+        code, _, err = cli(*args, "--db", f"sqlite:///{missing}")
+        assert code != 0 and "Traceback" not in err and f"no fleet store at {missing}" in " ".join(err.split()), err
+    assert not missing.exists() and not missing.parent.exists()
