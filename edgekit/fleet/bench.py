@@ -55,7 +55,7 @@ def check(options: Options) -> BenchRequest:
     try:
         return BenchRequest.from_json(probe.to_json())
     except ProtocolError as exc:
-        raise BenchFailed(f"{exc}; lower -n / --warmup / --batch / --max-seconds") from None
+        raise BenchFailed(f"{exc}; change -n / --warmup / --batch / --max-seconds") from None
 
 
 def bench_package(store: Store, broker: str, fleet: str, package: Path, repository: Path, *, devices: list[str],
