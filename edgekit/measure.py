@@ -51,6 +51,13 @@ def check(measure: MeasureOn, profile: str, *, signed: bool) -> None:
         raise MeasureInvalid("--measure-on needs --key: a device verifies every candidate as it would an install")
     if not measure.devices:
         raise MeasureInvalid("--measure-on needs at least one device id")
+    from edgekit.fleet.bench import BenchFailed, Options
+    from edgekit.fleet.bench import check as check_request
+
+    try:
+        check_request(Options(runs=measure.runs, warmup=min(20, measure.runs)))
+    except BenchFailed as exc:
+        raise MeasureInvalid(f"--measure-runs {measure.runs}: {exc}") from None
     targets(Store(measure.db), measure.fleet, devices=measure.devices, group=None, profile=profile)
 
 

@@ -105,6 +105,8 @@ def test_measure_on_refuses_before_any_work(cli, device, tmp_path):
     assert code != 0 and "nope" in err and "Traceback" not in err
     code, _, err = cli(*common, "--auto", "--measure-on", "board-1", "--key", device["keys"][0], "--objective", "x")
     assert code != 0 and "--objective 'x' must be one of latency, energy, size" in err
+    code, _, err = cli(*common, "--auto", "--measure-on", "board-1", "--key", device["keys"][0], "--measure-runs", "0")
+    assert code != 0 and "runs must be in 1..10000" in err
     code, _, err = cli(*common, "--profile", "rpi4", "--auto", "--measure-on", "board-1", "--key", device["keys"][0])
     assert code != 0 and "rpi4" in err and not (tmp_path / "o").exists()
 
