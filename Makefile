@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test soak demo bench bench-quick lint format clean
+.PHONY: install test test-arm64 soak demo bench bench-quick lint format clean
 
 install: $(STAMP)
 
@@ -21,6 +21,14 @@ $(STAMP): pyproject.toml agent/pyproject.toml constraints.txt
 test: install
 	@$(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# the agent on Debian bookworm arm64 under qemu-user (tests/helpers/arm64.py): prepared once into .arm64/ (needs
+# network to deb.debian.org and pypi.org, ~600 MB, root; about a minute), then seconds; make test skips these
+# tests with one line where this was never run
+test-arm64: install
+	@$(PY) tests/helpers/arm64.py
+	@EDGEKIT_ARM64=1 $(VENV)/bin/pytest -p no:cacheprovider tests/agent/test_arm64.py; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-arm64: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # the fault-injection tests at full count (make test runs them small); prints the figures in docs/reliability.md;
 # then the NATS node-kill tests in a loop (SOAK_NODE_KILLS runs, default 30): every run must pass
@@ -53,4 +61,4 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info agent/*.egg-info
+	rm -rf $(VENV) .arm64 .pytest_cache .ruff_cache build *.egg-info agent/*.egg-info

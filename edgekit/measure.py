@@ -105,7 +105,8 @@ def _apply(r: Any, answers: dict[str, dict[str, Any]]) -> None:
     first, a = _first(answers[worst]), answers[worst]
     r.host_latency_ms, r.host_latency_interval_ms = r.latency_ms, r.latency_interval_ms
     r.latency_ms, r.latency_interval_ms = first["p50_ms"], tuple(first["p50_interval_ms"])
-    r.measured_on = f"device:{worst}:{a['engine']}:{a['device']}"
+    # an emulated agent (make test-arm64) is labelled: its latency is not a device's
+    r.measured_on = f"device:{worst}:{a['engine']}:{a['device']}" + (" (emulated)" if a.get("emulated") else "")
     energies = [(a.get("power") or {}) for a in answers.values()]
     values = [e.get("marginal_energy_per_inference_mj") for e in energies]
     r.energy_mj = None if any(v is None for v in values) else max(values)

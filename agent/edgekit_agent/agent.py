@@ -83,6 +83,9 @@ class AgentConfig:
     power_model: tuple[float, float] | None = None
     outbox_limit: int = 10_000
     bench_space_mb: float = 1024.0  # DATA/candidates: packages benched for the host, never installed
+    # runs under an emulator (qemu-user in make test-arm64): said in state, telemetry and bench answers, so an
+    # emulated latency is never taken for a device's
+    emulated: bool = False
 
     def __post_init__(self) -> None:
         if not self.bench_space_mb > 0:
@@ -147,6 +150,7 @@ class Agent:
             trusted_now=self.updater.trusted_time, limit_bytes=int(config.bench_space_mb * 2**20),
             reply=lambda answer: self.outbox.put(self._topic("bench/response"), dumps(answer)),
             serving=lambda: self.model, power_model=config.power_model, stop=self.stopping.is_set,
+            labels={"emulated": True} if config.emulated else {},
         )  # fmt: skip
         self.control: queue.Queue[Desired | None] = queue.Queue(maxsize=8)
         self.infer_q: queue.Queue[bytes] = queue.Queue(maxsize=64)
@@ -183,7 +187,7 @@ class Agent:
             "agent_version": __version__,
             "package": model.manifest.summary() if model else None,
             "runtime": f"{model.engine}:{model.device}" if model else None,
-            "capabilities": capabilities(),
+            "capabilities": capabilities(emulated=self.cfg.emulated),
             "instance": self.instance,
             "time": _now(),
         })  # fmt: skip
@@ -386,6 +390,8 @@ class Agent:
             snap |= {"device": self.cfg.device_id, "time": _now(),
                      "package": model.manifest.summary() if model else None,
                      "runtime": f"{model.engine}:{model.device}" if model else None}  # fmt: skip
+            if self.cfg.emulated:
+                snap["emulated"] = True
             self.outbox.put(self._topic("telemetry"), dumps(snap))
 
     def _sender_loop(self) -> None:
@@ -448,8 +454,11 @@ def _acknowledged(info: Any, timeout: float) -> bool:
         return False
 
 
-def capabilities() -> dict[str, Any]:
-    """Which runtimes are installed, found without importing them (OpenVINO alone costs ~80 MB of RSS)."""
+def capabilities(*, emulated: bool = False) -> dict[str, Any]:
+    """Which runtimes are installed (found without importing them: OpenVINO alone costs ~80 MB of RSS), the
+    machine architecture, and whether this runs emulated."""
+    import platform
+
     from edgekit_agent.runtimes import installed
 
-    return {"runtimes": installed()}
+    return {"runtimes": installed(), "arch": platform.machine()} | ({"emulated": True} if emulated else {})

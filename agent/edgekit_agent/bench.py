@@ -65,11 +65,12 @@ class Bench:
     def __init__(self, *, root: Path, trust: TrustStore, profile: str, transfer: Transfer, threads: int,
                  telemetry: Telemetry, trusted_now: Callable[[], datetime], limit_bytes: int,
                  reply: Callable[[dict[str, Any]], None], serving: Callable[[], Any],
-                 power_model: tuple[float, float] | None = None,
-                 stop: Callable[[], bool] = lambda: False) -> None:  # fmt: skip
+                 power_model: tuple[float, float] | None = None, stop: Callable[[], bool] = lambda: False,
+                 labels: dict[str, Any] | None = None) -> None:  # fmt: skip
         self.root, self.trust, self.profile, self.transfer = root, trust, profile, transfer
         self.threads, self.telemetry, self.trusted_now, self.limit = threads, telemetry, trusted_now, limit_bytes
         self.reply, self.serving, self.stop = reply, serving, stop
+        self.labels = labels or {}  # added to every answer (``emulated``)
         self.power = power.detect(power_model=power_model)  # its own reader: RAPL's is stateful per reader
         self._busy = threading.Lock()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -96,8 +97,9 @@ class Bench:
 
     def run(self, request: BenchRequest) -> dict[str, Any]:
         """The answer to one request; every failure is an answer with a one-line reason, never an exception."""
-        head = {"id": request.id, "package": {"name": request.package.name, "version": request.package.version,
-                                              "sha256": request.package.sha256}}  # fmt: skip
+        package = request.package
+        named = {"name": package.name, "version": package.version, "sha256": package.sha256}
+        head = self.labels | {"id": request.id, "package": named}
         area = self.root / request.id
         try:
             free = self.limit - _used_bytes(self.root)

@@ -22,7 +22,7 @@ FIELDS = {
     "broker": str, "fleet": str, "device_id": str, "profile": str, "data_dir": Path, "trust": list,
     "revoked": list, "threads": int, "chunk_size": int, "window": int, "chunk_timeout": float,
     "telemetry_interval": float, "ca": Path, "cert": Path, "key": Path, "username": str, "password": str,
-    "power_model": str, "bench_space_mb": float,
+    "power_model": str, "bench_space_mb": float, "emulated": bool,
 }  # fmt: skip
 
 
@@ -172,6 +172,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--power-model", dest="power_model", help="IDLE_W:MAX_W for estimates where no sensor exists")
     r.add_argument("--bench-space-mb", dest="bench_space_mb", type=float,
                    help="disk space for candidates the host asks this device to bench (default 1024)")  # fmt: skip
+    r.add_argument("--emulated", action="store_true", default=None,
+                   help="runs under an emulator (qemu-user): its latencies are labelled, never a device's")  # fmt: skip
     r.add_argument("--ca", type=Path, help="CA certificate (enables TLS)")
     r.add_argument("--cert", type=Path, help="client certificate")
     r.add_argument("--key", type=Path, help="client key")

@@ -128,8 +128,9 @@ def summary_rows(answers: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per device and batch size: what a table and the report show."""
     rows = []
     for device, a in sorted(answers.items()):
-        base = {"device": device, "status": a.get("status"), "runtime": f"{a.get('engine')}:{a.get('device')}"
-                if a.get("status") == "ok" else None, "reason": a.get("reason")}  # fmt: skip
+        runtime = f"{a.get('engine')}:{a.get('device')}" + (" (emulated)" if a.get("emulated") else "")
+        base = {"device": device, "status": a.get("status"), "runtime": runtime if a.get("status") == "ok" else None,
+                "reason": a.get("reason")}  # fmt: skip
         power = a.get("power") or {}
         for b in a.get("batches") or [{}]:
             rows.append(base | {"batch": b.get("batch"), "p50_ms": b.get("p50_ms"), "p95_ms": b.get("p95_ms"),

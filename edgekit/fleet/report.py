@@ -236,8 +236,9 @@ def write_report(store: Any, fleet: str, out: Path, *, since: float) -> Path:
     def cell(v: Any) -> str:
         return e("–" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v)))
 
-    cols = ("device", "profile", "online", "package", "version", "runtime", "p50_ms", "p95_ms", "throughput_per_s",
-            "power_w", "power_source", "energy_per_inference_mj", "stuck", "stuck_reason")  # fmt: skip
+    cols = ("device", "profile", "arch", "online", "package", "version", "runtime", "p50_ms", "p95_ms",
+            "throughput_per_s", "power_w", "power_source", "energy_per_inference_mj", "stuck",
+            "stuck_reason")  # fmt: skip
     head = "".join(f"<th>{e(c)}</th>" for c in cols)
     body = "".join("<tr>" + "".join(f"<td>{cell(r[c])}</td>" for c in cols) + "</tr>" for r in status)
 

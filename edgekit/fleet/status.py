@@ -23,9 +23,11 @@ def status_rows(store: Any, fleet: str) -> list[dict[str, Any]]:
     rows = []
     for d in store.devices(fleet):
         t = latest.get(d["device"], {})
+        caps = d["capabilities"] if isinstance(d["capabilities"], dict) else {}
         row = {
             "device": d["device"], "profile": d["profile"], "online": d["status"] == "online",
             "package": d["package_name"], "version": d["package_version"], "runtime": d["runtime"],
+            "arch": _text(caps.get("arch")), "emulated": caps.get("emulated") is True,
         }  # fmt: skip
         row |= {f.name: bool(t.get(f.name)) if f.kind == "bool" else t.get(f.name) for f in TELEMETRY}
         r = reconcile.get(d["device"]) or {}
@@ -33,6 +35,11 @@ def status_rows(store: Any, fleet: str) -> list[dict[str, Any]]:
         row |= {"labels": d["labels"], "last_seen": d["last_seen"]}
         rows.append(finite(row))
     return rows
+
+
+def _text(value: Any) -> str | None:
+    """A short string a device reported, or None (a hostile device may send anything in capabilities)."""
+    return value[:32] if isinstance(value, str) else None
 
 
 def when(epoch: float | None) -> str:
@@ -53,8 +60,8 @@ def status_table(rows: list[dict[str, Any]], fleet: str) -> Any:
         return "–" if v is None else format(v, spec)
 
     table = Table(title=f"fleet {fleet}: {sum(r['online'] for r in rows)}/{len(rows)} online", title_justify="left")
-    for col in ("device", "profile", "online", "package", "runtime", "p50 ms", "p95 ms", "inf/s", "power W",
-                "mJ/inf", "last seen"):  # fmt: skip
+    for col in ("device", "profile", "arch", "online", "package", "runtime", "p50 ms", "p95 ms", "inf/s",
+                "power W", "mJ/inf", "last seen"):  # fmt: skip
         table.add_column(col)
     for r in rows:
         power = "unavailable" if r["power_w"] is None else f"{r['power_w']:.2f} ({r['power_source']})"
@@ -62,7 +69,8 @@ def status_table(rows: list[dict[str, Any]], fleet: str) -> Any:
         energy = num(r["energy_per_inference_mj"], ".3f") + (" est." if estimated else "")
         package = (f"{r['package']}@{r['version']}" if r["package"] else "–") + (" [red]stuck[/]" if r["stuck"] else "")
         table.add_row(
-            r["device"], r["profile"] or "?", "[green]yes[/]" if r["online"] else "[red]no[/]", package,
+            r["device"], r["profile"] or "?", (r["arch"] or "?") + (" (emulated)" if r["emulated"] else ""),
+            "[green]yes[/]" if r["online"] else "[red]no[/]", package,
             r["runtime"] or "–",
             num(r["p50_ms"], ".3f"), num(r["p95_ms"], ".3f"), num(r["throughput_per_s"], ".1f"), power, energy,
             when(r["last_seen"]),

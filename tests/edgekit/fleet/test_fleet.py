@@ -5,6 +5,7 @@ model in the first wave, and let a healthy one reach every device."""
 from __future__ import annotations
 
 import json
+import platform
 import socket
 import threading
 import time
@@ -119,6 +120,7 @@ def test_deploy_status_history_events_label_report(fleet):
     assert rows["dev-1"]["online"] and rows["dev-1"]["version"] == "v1" and rows["dev-1"]["p95_ms"] > 0
     assert rows["dev-1"]["runtime"] == "onnxruntime:CPUExecutionProvider"
     assert rows["dev-1"]["power_source"] in {"estimate", "none", "rapl", "hwmon"}
+    assert rows["dev-1"]["arch"] == platform.machine() and rows["dev-1"]["emulated"] is False
     code, out, _ = cli("fleet", "status")
     assert code == 0 and "dev-2" in out and "tiny@v1" in out
     assert "healthy (chunks served" in out and "UNHEALTHY" not in out  # the fixture's serve heartbeat
