@@ -106,7 +106,7 @@ class Bench:
             if 2 * request.package.size > free:  # the download and its unpacked files
                 return head | {"status": "refused", "reason": f"the candidates area is full: {request.package.size} "
                                f"bytes need twice that and {max(free, 0)} of its {self.limit} are free; raise "
-                               "--bench-space or bench a smaller package"}  # fmt: skip
+                               "--bench-space-mb or bench a smaller package"}  # fmt: skip
             area.mkdir(parents=True, exist_ok=False)
             return head | self._bench(request, area)
         except FileExistsError:
