@@ -58,7 +58,11 @@ def check(measure: MeasureOn, profile: str, *, signed: bool) -> None:
         check_request(Options(runs=measure.runs, warmup=min(20, measure.runs)))
     except BenchFailed as exc:
         raise MeasureInvalid(f"--measure-runs {measure.runs}: {exc}") from None
-    targets(Store(measure.db), measure.fleet, devices=measure.devices, group=None, profile=profile)
+    rows = targets(Store(measure.db), measure.fleet, devices=measure.devices, group=None, profile=profile)
+    offline = [r["device"] for r in rows if r["status"] != "online"]
+    if offline:  # said now, not after the whole search and a bench timeout
+        raise MeasureInvalid(f"--measure-on: {', '.join(offline)} is offline in the fleet store; start its agent "
+                             "(and edgekit serve ingesting into --db) or leave it out")  # fmt: skip
 
 
 def measure_candidates(results: list[Any], measure: MeasureOn, stage: Callable[[Any], Path],

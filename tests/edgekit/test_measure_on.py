@@ -43,7 +43,7 @@ def device(tmp_path, broker):
     try:
         wait_until(lambda: any(d["device"] == "board-1" and d["status"] == "online" for d in store.devices("lab")),
                    "the agent online", 60)  # fmt: skip
-        yield {"keys": keys, "repo": repo, "db": db, "url": broker.url, "store": store}
+        yield {"keys": keys, "repo": repo, "db": db, "url": broker.url, "store": store, "agent": agent}
     finally:
         agent.terminate()
         agent.wait(10)
@@ -109,6 +109,11 @@ def test_measure_on_refuses_before_any_work(cli, device, tmp_path):
     assert code != 0 and "runs must be in 1..10000" in err
     code, _, err = cli(*common, "--profile", "rpi4", "--auto", "--measure-on", "board-1", "--key", device["keys"][0])
     assert code != 0 and "rpi4" in err and not (tmp_path / "o").exists()
+    device["agent"].terminate()  # its will (or its goodbye) marks it offline in the store
+    device["agent"].wait(10)
+    wait_until(lambda: device["store"].device("lab", "board-1")["status"] == "offline", "board-1 offline", 30)
+    code, _, err = cli(*common, "--auto", "--measure-on", "board-1", "--key", device["keys"][0])
+    assert code != 0 and "board-1 is offline in the fleet store" in " ".join(err.split()), err
 
 
 def test_energy_ranks_by_the_devices_marginal_energy_and_refuses_an_estimate_unless_allowed(cli, device, tmp_path):
