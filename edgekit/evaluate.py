@@ -15,9 +15,35 @@ from edgekit.artifact import Artifact
 from edgekit.bundle import Feed
 
 
-def torch_params(module: Any) -> int:
-    """Non-zero parameters: unstructured pruning reduces this while the dense tensor shapes stay the same."""
-    return int(sum(int((p != 0).sum()) for p in module.parameters()))
+def torch_params(module: Any, example: Feed | None = None) -> int:
+    """Non-zero parameters: unstructured pruning reduces this while the dense tensor shapes stay the same.
+    With ``example``, only those an output depends on (autograd from the outputs): a submodule the forward
+    never uses (BERT's pooler under mean pooling) is not part of the model, and the export drops it too."""
+    params = list(module.parameters())
+    if example is not None:
+        params = _used(module, params, example)
+    return int(sum(int((p != 0).sum()) for p in params))
+
+
+def _used(module: Any, params: list[Any], example: Feed) -> list[Any]:
+    import torch
+
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            outs = module(*[torch.from_numpy(np.ascontiguousarray(v)) for v in example.values()])
+            leaves = list(outs.values()) if isinstance(outs, dict) else list(outs) if isinstance(outs, list | tuple) \
+                else [outs]  # fmt: skip
+            total = sum(t.float().sum() for t in leaves if isinstance(t, torch.Tensor) and t.requires_grad)
+            if not isinstance(total, torch.Tensor):  # integer outputs only (argmax): no gradient to follow
+                return params
+            grads = torch.autograd.grad(total, params, allow_unused=True)
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+    return [p for p, g in zip(params, grads, strict=True) if g is not None]
 
 
 def torch_macs(module: Any, example: Feed) -> int:
@@ -36,8 +62,11 @@ def onnx_params(path: Path) -> int:
 
     model = onnx.load(str(path))
     total = 0
-    for init in model.graph.initializer:
-        if init.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+    tensors = list(model.graph.initializer)
+    # the exporter folds some weights (biases) into Constant nodes instead of initializers
+    tensors += [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    for init in tensors:
+        if init.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL):
             continue  # shape constants and indices, not weights
         arr = numpy_helper.to_array(init)
         if arr.size > 1:

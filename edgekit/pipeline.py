@@ -147,7 +147,8 @@ def measure(
     if keeps_weights and previous is not None:
         params, macs = previous.params, previous.macs
     elif artifact.kind == "torch":
-        params, macs = evaluate.torch_params(artifact.module), evaluate.torch_macs(artifact.module, bundle.example)
+        params = evaluate.torch_params(artifact.module, bundle.example)
+        macs = evaluate.torch_macs(artifact.module, bundle.example)
     elif artifact.kind == "onnx":
         params, macs = evaluate.onnx_params(artifact.path), evaluate.onnx_macs(artifact.path, bundle.example)
     else:  # an OpenVINO IR is only ever made from an ONNX model by a conversion

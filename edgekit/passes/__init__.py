@@ -9,6 +9,7 @@ from edgekit.passes.export_onnx import ExportOnnx
 from edgekit.passes.fp16 import Fp16
 from edgekit.passes.lowrank import LowRank
 from edgekit.passes.prune_structured import PruneStructured
+from edgekit.passes.prune_transformer import PruneTransformer
 from edgekit.passes.prune_unstructured import PruneUnstructured
 from edgekit.passes.quantize_openvino import QuantizeOpenVino
 from edgekit.passes.quantize_ort import QuantizeOrt
@@ -18,6 +19,7 @@ REGISTRY: dict[str, type[Pass]] = {
     for p in (
         PruneUnstructured,
         PruneStructured,
+        PruneTransformer,
         LowRank,
         Distill,
         ExportOnnx,

@@ -39,7 +39,7 @@ class PruneStructured(Pass):
         if bundle.model_type == "transformer":
             raise PassNotApplicable(
                 f"prune_structured does not prune attention heads of transformer {bundle.name!r}; "
-                "use lowrank, quantize_openvino or quantize_ort for it"
+                "use prune_transformer (heads and FFN neurons), lowrank or quantization for it"
             )
         if self.config.finetune_epochs and bundle.train_batches is None:
             raise PassNotApplicable(
