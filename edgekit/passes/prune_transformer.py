@@ -38,6 +38,7 @@ class PruneTransformerConfig(PassConfig):
     ffn: float = Field(default=0.0, ge=0, lt=1, description="fraction of FFN intermediate neurons removed per layer")
     multiple: int = Field(default=16, gt=0, description="FFN widths stay a multiple of this")
     distill_steps: int = Field(default=0, ge=0, description="recovery steps on the calibration text (0: none)")
+    distill_batch: int = Field(default=16, gt=0, description="calibration samples per recovery step")
     lr: float = Field(default=5e-5, gt=0)
 
 
@@ -92,7 +93,8 @@ class PruneTransformer(Pass):
                 _prune_ffn(layer, keep_ffn)
                 shapes.append({"heads": len(keep_heads), "ffn": len(keep_ffn)})
         if cfg.distill_steps:
-            _distill(student, teacher, layers, encoder_layers(teacher), feeds, steps=cfg.distill_steps, lr=cfg.lr)
+            _distill(student, teacher, layers, encoder_layers(teacher), _batched(feeds, cfg.distill_batch),
+                     steps=cfg.distill_steps, lr=cfg.lr)  # fmt: skip
         notes = {
             "heads": cfg.heads,
             "ffn": cfg.ffn,
@@ -107,6 +109,17 @@ def _tensors(feed: dict[str, np.ndarray]) -> list[Any]:
     import torch
 
     return [torch.from_numpy(np.ascontiguousarray(v)) for v in feed.values()]
+
+
+def _batched(feeds: list[list[Any]], size: int) -> list[list[Any]]:
+    """Consecutive calibration samples stacked along the sample axis, ``size`` at a time (one at a time when
+    their shapes differ, e.g. unpadded text of varying length)."""
+    import torch
+
+    if len({tuple(tuple(t.shape[1:]) for t in feed) for feed in feeds}) > 1:
+        size = 1
+    groups = [feeds[i : i + size] for i in range(0, len(feeds), size)]
+    return [[torch.cat(parts, dim=0) for parts in zip(*group, strict=True)] for group in groups]
 
 
 def _token_mask(feed: list[Any], bundle: ModelBundle) -> Any:
