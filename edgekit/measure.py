@@ -70,7 +70,7 @@ def measure_candidates(results: list[Any], measure: MeasureOn, stage: Callable[[
     """Bench each candidate within tolerance on every device; device figures replace the host's for ranking
     (the host's stay in ``host_latency_ms``). A device answering anything but ``ok`` with a sample that
     matches leaves the candidate out (``device-failed``); a device that does not answer stops the run."""
-    from edgekit.fleet.bench import BenchFailed, Options, run_bench
+    from edgekit.fleet.bench import BenchFailed, Options, run_bench, store_answers
     from edgekit.fleet.deploy import release
     from edgekit.fleet.store import Store
 
@@ -84,8 +84,7 @@ def measure_candidates(results: list[Any], measure: MeasureOn, stage: Callable[[
                                 progress)  # fmt: skip
         finally:  # a candidate is not a release: out of serve's repository once the devices have answered
             rel.path.unlink(missing_ok=True)
-        for device, answer in answers.by_device.items():
-            store.record_bench(measure.fleet, device, answer)
+        store_answers(store, measure.fleet, answers)
         missing = [d for d in measure.devices if d not in answers.by_device]
         if missing:
             raise BenchFailed(f"no bench answer for candidate {r.name} within {measure.timeout:g} s from "

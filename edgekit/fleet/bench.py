@@ -67,8 +67,7 @@ def bench_package(store: Store, broker: str, fleet: str, package: Path, reposito
     rel = release(package, repository)
     names = [r["device"] for r in targets(store, fleet, devices=devices, group=group, profile=rel.profile)]
     answers = run_bench(broker, fleet, rel, names, options, progress)
-    for device, answer in answers.by_device.items():
-        store.record_bench(fleet, device, answer)
+    store_answers(store, fleet, answers)
     missing = [d for d in names if d not in answers.by_device]
     if missing:
         rows = {d: (store.device(fleet, d) or {}).get("status") for d in missing}
@@ -76,6 +75,18 @@ def bench_package(store: Store, broker: str, fleet: str, package: Path, reposito
         raise BenchFailed(f"no bench answer within {options.timeout:g} s from {said}; start its agent (and "
                           "edgekit serve with --packages holding the package) or leave it out")  # fmt: skip
     return rel, answers
+
+
+def store_answers(store: Store, fleet: str, answers: Answers) -> None:
+    """Keep every answer; one that cannot be stored (a device's answer is untrusted: too large, not JSON a
+    store takes) is replaced by an error answer that says so."""
+    for device, answer in list(answers.by_device.items()):
+        try:
+            store.record_bench(fleet, device, answer)
+        except ProtocolError as exc:
+            answers.by_device[device] = {"id": answer.get("id"), "package": answer.get("package"), "status": "error",
+                                         "reason": f"the device's answer cannot be stored: {exc}"}  # fmt: skip
+            store.record_bench(fleet, device, answers.by_device[device])
 
 
 def run_bench(broker: str, fleet: str, rel: Release, devices: list[str], options: Options,

@@ -454,15 +454,22 @@ class Store:
     # -- benches ------------------------------------------------------------------------------------------
     def record_bench(self, fleet: str, device: str, answer: dict[str, Any]) -> None:
         """A device's ``bench/response`` as it came (``body``), with what tables sort by pulled out."""
-        package = answer.get("package") or {}
-        first = next((b for b in answer.get("batches") or [] if "p50_ms" in b), {})
+
+        def text(value: Any) -> str:  # a device's answer is untrusted: short strings only
+            return str(value)[:200]
+
+        package = answer.get("package") if isinstance(answer.get("package"), dict) else {}
+        batches = answer.get("batches") if isinstance(answer.get("batches"), list) else []
+        first = next((b for b in batches if isinstance(b, dict) and "p50_ms" in b), {})
+        p50 = first.get("p50_ms")
+        p50 = float(p50) if isinstance(p50, int | float) and not isinstance(p50, bool) and math.isfinite(p50) else None
         with self.tx() as cur:
             cur.execute(
                 "INSERT INTO benches (fleet, device, id, t, name, version, sha256, status, p50_ms, body) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (fleet, device, str(answer.get("id")), time.time(), str(package.get("name")),
-                 str(package.get("version")), str(package.get("sha256")), str(answer.get("status")),
-                 first.get("p50_ms"), json.dumps(answer, sort_keys=True)),
+                (fleet, device, text(answer.get("id")), time.time(), text(package.get("name")),
+                 text(package.get("version")), text(package.get("sha256")), text(answer.get("status")), p50,
+                 _bounded_json(answer, "bench answer")),
             )  # fmt: skip
 
     def benches(self, fleet: str) -> list[dict[str, Any]]:

@@ -133,3 +133,20 @@ def test_a_late_will_of_an_earlier_connection_does_not_override_the_online_state
     assert status() == "online" and store.device("lab", "a")["state_instance"] == "p2"
     store.ingest([state_of("offline", None, instance=None)])  # an agent that numbers nothing: arrival order
     assert status() == "offline"
+
+
+def test_a_hostile_bench_answer_is_stored_bounded_or_replaced_by_an_error(tmp_path):
+    """A device's bench/response is untrusted: wrongly typed fields become short strings or null; one that
+    no store can take is replaced by an error answer naming why."""
+    from edgekit.fleet.bench import Answers, store_answers
+
+    store = Store(f"sqlite:///{tmp_path / 'f.db'}")
+    answers = Answers(by_device={
+        "d1": {"id": "b1", "status": ["ok"], "package": "nope", "batches": [{"p50_ms": "fast"}, 3]},
+        "d2": {"id": "b2", "status": "ok", "batches": [{"p50_ms": 1.5}], "pad": "x" * 100_000},
+    })  # fmt: skip
+    store_answers(store, "lab", answers)
+    rows = {r["device"]: r for r in store.benches("lab")}
+    assert rows["d1"]["p50_ms"] is None and rows["d1"]["status"] == "['ok']" and rows["d1"]["name"] == "None"
+    assert rows["d2"]["status"] == "error" and "cannot be stored" in rows["d2"]["body"]["reason"]
+    assert answers.by_device["d2"]["status"] == "error"
