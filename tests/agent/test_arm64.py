@@ -19,9 +19,9 @@ import pkgs
 import pytest
 from edgekit_agent.inference import decode, encode
 from edgekit_agent.protocol import Desired
-from fleet import Host
+from fleet import Host, served_repo
 
-from edgekit.fleet.serve import PackageServer, sha256_file
+from edgekit.fleet.serve import sha256_file
 
 pytestmark = pytest.mark.integration
 X = np.linspace(0, 1, 16, dtype=np.float32)[None]
@@ -66,34 +66,20 @@ class EmulatedAgent:
 
 @pytest.fixture
 def pi(tmp_path, broker):
-    keys = pkgs.keys(tmp_path / "keys")
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    server = PackageServer(repo, broker.url)
-    server.start()
-    host = Host(broker.url, device="pi-1")
-    agent = EmulatedAgent(broker.url, tmp_path / "data", keys[1])
-    agent.start()
+    with served_repo(tmp_path, broker.url, device="pi-1") as (keys, repo, host, _server):
+        agent = EmulatedAgent(broker.url, tmp_path / "data", keys[1])
+        agent.start()
 
-    def package(version: str, counter: int, **src) -> Desired:
-        source = pkgs.source_dir(tmp_path / f"src-{version}", profile="rpi4", **src)
-        path = pkgs.build(source, repo / f"{version}.edgepkg", keys[0], counter=counter, version=version)
-        return Desired("tiny", version, sha256_file(path), counter, path.stat().st_size)
+        def package(version: str, counter: int, **src) -> Desired:
+            source = pkgs.source_dir(tmp_path / f"src-{version}", profile="rpi4", **src)
+            path = pkgs.build(source, repo / f"{version}.edgepkg", keys[0], counter=counter, version=version)
+            return Desired("tiny", version, sha256_file(path), counter, path.stat().st_size)
 
-    try:
-        yield {
-            "host": host,
-            "agent": agent,
-            "package": package,
-            "data": tmp_path / "data",
-            "repo": repo,
-            "keys": keys,
-            "trust": keys[1],
-        }
-    finally:
-        agent.stop()
-        server.stop()
-        host.close()
+        try:
+            yield {"host": host, "agent": agent, "package": package, "data": tmp_path / "data", "repo": repo,
+                   "keys": keys, "trust": keys[1]}  # fmt: skip
+        finally:
+            agent.stop()
 
 
 def online(host: Host, version: str | None, timeout: float = 120.0) -> dict:

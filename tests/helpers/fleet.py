@@ -96,9 +96,10 @@ def wait_until(predicate, what: str, timeout: float = 60.0):
 
 
 @contextlib.contextmanager
-def served_repo(tmp_path, broker_url: str):
+def served_repo(tmp_path, broker_url: str, device: str = "dev-1"):
     """A signing key pair, an empty package repository answered by a real ``PackageServer`` on the broker,
-    and a :class:`Host` listening to dev-1: what every agent test starts from. Yields (keys, repo, host, server)."""
+    and a :class:`Host` listening to ``device``: what every agent test starts from.
+    Yields (keys, repo, host, server)."""
     import pkgs
 
     from edgekit.fleet.serve import PackageServer
@@ -108,7 +109,7 @@ def served_repo(tmp_path, broker_url: str):
     repo.mkdir()
     server = PackageServer(repo, broker_url)
     server.start()
-    host = Host(broker_url)
+    host = Host(broker_url, device=device)
     try:
         yield keys, repo, host, server
     finally:
