@@ -114,7 +114,8 @@ def _connect(c: Any, host: str, port: int, timeout: float) -> None:
     if not ready.wait(timeout):
         c.loop_stop()
         c.on_connect = previous
-        raise BrokerUnreachable(f"the MQTT broker at {host}:{port} did not answer within {timeout:.0f} s")
+        raise BrokerUnreachable(f"the MQTT broker at {host}:{port} did not answer within {timeout:.0f} s; is an MQTT "
+                                "broker (mosquitto) listening there? check --broker")  # fmt: skip
     if refused:
         c.loop_stop()
         raise BrokerUnreachable(f"the MQTT broker at {host}:{port} refused the connection ({refused[0]}); "
