@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from edgekit_models.minilm import SentenceEncoder
 
 from edgekit.artifact import Artifact
 from edgekit.errors import PassNotApplicable
@@ -19,19 +19,6 @@ from edgekit.passes import REGISTRY, PassContext
 SEQ = 16
 
 
-class Pooled(nn.Module):
-    """An encoder and masked mean pooling: a sentence embedding, as the MiniLM example is."""
-
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-
-
 @pytest.fixture(scope="module")
 def tiny_bert():
     from transformers import BertConfig, BertModel
@@ -39,7 +26,7 @@ def tiny_bert():
     torch.manual_seed(0)
     config = BertConfig(vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=256, max_position_embeddings=SEQ, attn_implementation="eager")  # fmt: skip
-    module = Pooled(BertModel(config)).eval()
+    module = SentenceEncoder(BertModel(config)).eval()  # mean pooling, as the MiniLM example
     rng = np.random.default_rng(0)
     ids = rng.integers(1, 200, size=(24, SEQ)).astype(np.int64)
     mask = np.ones_like(ids)
@@ -62,7 +49,7 @@ def run(bundle, tmp_path, **cfg):
 def test_heads_and_neurons_leave_the_graph_and_distillation_recovers(tiny_bert, tmp_path):
     pruned, ctx = run(tiny_bert, tmp_path / "a", heads=0.75, ffn=0.75)
     assert pruned.notes["layers"] == [{"heads": 1, "ffn": 64}] * 2
-    enc = pruned.module.encoder.encoder.layer[0]
+    enc = pruned.module.transformer.encoder.layer[0]
     assert enc.attention.self.query.out_features == 16 and enc.intermediate.dense.out_features == 64
     assert torch_params(pruned.module) < torch_params(tiny_bert.module)
     teacher = predictor(Artifact(kind="torch", module=tiny_bert.module), threads=1)
