@@ -237,10 +237,14 @@ def _keep_candidate(dest: Path, result: CandidateResult) -> None:
 
 
 def _gate_message(step: Step, profile: DeviceProfile) -> str:
-    return (
-        f"step {step.name!r} dropped {step.metric_name} by {step.performance_drop:.2%} of the baseline "
-        f"(now {step.metric:.4f}), over the tolerance {step.tolerance:.2%} (profile {profile.name!r}); "
+    fix = (
         "raise 'tolerance' in the recipe, set 'on_fail: skip' on the pass, or use a gentler setting"
+        if "tolerance" in step.gate_reason
+        else "use a gentler setting or set 'on_fail: skip' on the pass"
+    )
+    return (
+        f"step {step.name!r} failed its gate: {step.gate_reason} ({step.metric_name} now {step.metric:.4f}, "
+        f"tolerance {step.tolerance:.2%} from profile {profile.name!r} or the recipe); {fix}"
     )
 
 
@@ -516,7 +520,7 @@ def _candidate(job: _Job, r: Recipe, runtime: str, steps: list[Any], ctx: PassCo
     if outcome.failed is not None and job.strict:
         raise GateFailed(_gate_message(outcome.failed, job.profile))
     last = outcome.steps[-1]
-    status, reason = ("over-tolerance", f"drop {last.performance_drop:.2%}") if outcome.failed else ("ok", "")
+    status, reason = ("over-tolerance", outcome.failed.gate_reason) if outcome.failed else ("ok", "")
     budget = job.profile.max_model_mb
     if status == "ok" and last.size_bytes > budget * 2**20:
         reason = f"{last.size_bytes / 2**20:.2f} MB is over the profile's max_model_mb {budget:g}"

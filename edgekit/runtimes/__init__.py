@@ -26,6 +26,9 @@ class Shape:
     transformer: bool
     trainable: bool
     student: dict[str, Any] | None
+    # (label, prune_transformer settings) for a BERT-style encoder given in torch; each runtime adds one
+    # pruned + INT8 candidate per entry (``edgekit.auto.TRANSFORMER_PRUNINGS``)
+    prunings: tuple[tuple[str, dict[str, Any]], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """ONNX Runtime on the host: it runs the exported ONNX file; --auto tries dynamic and static INT8 and, for a
-model that can be trained, structured pruning before INT8 and the student the model names."""
+model that can be trained, structured pruning before INT8 and the student the model names; for a transformer
+encoder, head and FFN pruning before dynamic INT8 (static INT8 breaks its attention: cosine 0.38 on MiniLM)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ def compressed(shape: Any, base: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
     if shape.trainable and shape.student:
         out.append({"name": f"{NAME}-distilled", "passes": [{"type": "distill", **shape.student}]})
+    out += [{"name": f"{NAME}-{label}-int8", "passes": [prune, {"type": "quantize_ort", "mode": "dynamic"}]}
+            for label, prune in shape.prunings]  # fmt: skip
     if shape.trainable:
         out.append({"name": f"{NAME}-prune50-int8", "passes": [{"type": "prune_structured", "ratio": 0.5},
                                                               {"type": "quantize_ort", "mode": "static"}]})  # fmt: skip

@@ -1,5 +1,6 @@
 """OpenVINO on the host: ONNX is converted to IR (static shapes for transformers, which its INT8 kernels
-need for their best speed); --auto tries NNCF INT8 and, for a trainable model, pruning before it."""
+need for their best speed); --auto tries NNCF INT8 and, for a trainable model or a transformer encoder, pruning
+before it."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ def base(shape: Any) -> list[dict[str, Any]]:
 
 def compressed(shape: Any, base: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = [{"name": f"{NAME}-int8-nncf", "passes": [*base, {"type": "quantize_openvino"}]}]
+    out += [{"name": f"{NAME}-{label}-int8", "passes": [prune, *base, {"type": "quantize_openvino"}]}
+            for label, prune in shape.prunings]  # fmt: skip
     if shape.trainable:
         out.append({"name": f"{NAME}-prune50-int8", "passes": [{"type": "prune_structured", "ratio": 0.5},
                                                               {"type": "quantize_openvino"}]})  # fmt: skip
