@@ -143,9 +143,14 @@ def measure(
     from edgekit import evaluate
     from edgekit.hostrt import latency_ms, predictor
 
-    predict = predictor(artifact, threads=ctx.threads)
-    metric, extra = bundle.evaluate(predict)
-    lat = latency_ms(predict, bundle.example)
+    # candidates of one search share artifacts (one ONNX export, one pruned model): each is evaluated once; the
+    # value keeps the module alive, so an id is never reused for another module while the search runs
+    key = ("measured", artifact.kind, str(artifact.path) if artifact.path is not None else id(artifact.module),
+           tuple(sorted(artifact.runtime_config.items())))  # fmt: skip
+    if key not in ctx.cache:
+        predict = predictor(artifact, threads=ctx.threads)
+        ctx.cache[key] = (artifact.module, *bundle.evaluate(predict), latency_ms(predict, bundle.example))
+    _, metric, extra, lat = ctx.cache[key]
     if keeps_weights and previous is not None:
         params, macs = previous.params, previous.macs
     elif artifact.kind == "torch":
