@@ -23,8 +23,8 @@ from edgekit.runtimes import Shape
 # and a quarter of the FFN 0.97 after the refit, and gradient distillation on top made it worse (0.990 ->
 # 0.981), so these candidates do not distil (docs/benchmarks.md has the curve).
 TRANSFORMER_PRUNINGS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("prune-heads8", {"type": "prune_transformer", "heads": 1 / 12, "samples": 600}),
-    ("prune-heads25-ffn25", {"type": "prune_transformer", "heads": 0.25, "ffn": 0.25, "samples": 600}),
+    ("prune-heads8", {"type": "prune_transformer", "heads": 1 / 12, "samples": 400}),
+    ("prune-heads25-ffn25", {"type": "prune_transformer", "heads": 0.25, "ffn": 0.25, "samples": 400}),
 )
 
 
