@@ -239,7 +239,7 @@ def _keep_candidate(dest: Path, result: CandidateResult) -> None:
 def _gate_message(step: Step, profile: DeviceProfile) -> str:
     fix = (
         "raise 'tolerance' in the recipe, set 'on_fail: skip' on the pass, or use a gentler setting"
-        if "tolerance" in step.gate_reason
+        if step.tolerance is not None and step.performance_drop > step.tolerance
         else "use a gentler setting or set 'on_fail: skip' on the pass"
     )
     return (

@@ -168,8 +168,8 @@ def measure(
     reasons = [] if base is None or tolerance is None or drop <= tolerance else \
         [f"{bundle.metric_name} drop {drop:.2%} > tolerance {tolerance:.2%}"]  # fmt: skip
     if base is not None:
-        reasons += [f"{k} {extra.get(k, float('nan')):.4f} < floor {v:g}" for k, v in bundle.floors.items()
-                    if not extra.get(k, float("-inf")) >= v]  # fmt: skip
+        reasons += [f"{k} {extra.get(k, float('nan')):.4f} < floor {v:g}"
+                    for k, v in unmet_floors(extra, bundle.floors).items()]  # fmt: skip
     gate = "baseline" if base is None else ("failed" if reasons else "passed")
     return Step(
         name=name,
@@ -194,6 +194,11 @@ def measure(
         gate_reason="; ".join(reasons),
         notes=dict(artifact.notes),
     )
+
+
+def unmet_floors(extra: dict[str, float], floors: dict[str, float]) -> dict[str, float]:
+    """The floors ``extra`` does not keep; a metric that is missing or NaN keeps none."""
+    return {k: v for k, v in floors.items() if not extra.get(k, float("-inf")) >= v}
 
 
 def baseline_artifact(bundle: ModelBundle) -> Artifact:

@@ -511,6 +511,8 @@ LEVELS = (0.999, 0.995, 0.99, 0.98, 0.95, 0.9)
 def render_curves(res: dict[str, Any]) -> list[str]:
     """For a model with floors (MiniLM): every row's held-out checks by speed, and the fastest row at each
     fidelity level, so a goal missed at one level still shows what each level costs."""
+    from edgekit.pipeline import unmet_floors
+
     lines: list[str] = []
     for model, m in res["models"].items():
         floors = m.get("floors") or {}
@@ -520,8 +522,7 @@ def render_curves(res: dict[str, Any]) -> list[str]:
         keys = list(floors) + sorted({k for r in rows.values() for k in r["extra_metrics"]} - set(floors))
         torch_p50 = rows["torch-fp32"]["timing"]["b1"]["p50"]
         speed = {n: torch_p50 / r["timing"]["b1"]["p50"] for n, r in rows.items()}
-        keeps = {n: all(r["extra_metrics"].get(k, float("-inf")) >= v for k, v in floors.items())
-                 for n, r in rows.items()}  # fmt: skip
+        keeps = {n: not unmet_floors(r["extra_metrics"], floors) for n, r in rows.items()}
         lines += [
             "",
             f"### {model}: speed against fidelity (held-out checks)",
