@@ -32,6 +32,8 @@ from edgekit_agent.brokers import (
     reread_retained,
     secure,
 )
+from edgekit_agent.generate import GenerateService
+from edgekit_agent.generate import Limits as GenerateLimits
 from edgekit_agent.inference import handle
 from edgekit_agent.outbox import Outbox
 from edgekit_agent.protocol import (
@@ -86,6 +88,7 @@ class AgentConfig:
     # runs under an emulator (qemu-user in make test-arm64): said in state, telemetry and bench answers, so an
     # emulated latency is never taken for a device's
     emulated: bool = False
+    generate_limits: GenerateLimits = field(default_factory=GenerateLimits)
 
     def __post_init__(self) -> None:
         if not self.bench_space_mb > 0:
@@ -154,6 +157,11 @@ class Agent:
         )  # fmt: skip
         self.control: queue.Queue[Desired | None] = queue.Queue(maxsize=8)
         self.infer_q: queue.Queue[bytes] = queue.Queue(maxsize=64)
+        self.generate = GenerateService(
+            lambda: self.model,
+            lambda answer: self.client.publish(self._topic("generate/response"), dumps(answer), qos=1),
+            self.telemetry.record_generation, limits=config.generate_limits, loading=lambda: not self.loaded.is_set(),
+        )  # fmt: skip
         self.client = self._client()
         self.threads: list[threading.Thread] = []
 
@@ -217,7 +225,14 @@ class Agent:
     # Its own ``state`` too: another agent started with the same device id shows up there (_check_twin).
     # ``bench/request`` at QoS 0 too: a bench lost while the agent reconnects is named by the host's timeout,
     # and a consumer per device for a rare request would cost the cluster what the comment above says
-    SUBSCRIPTIONS = (("desired", 0), ("chunk/response", 0), ("infer/request", 1), ("state", 0), ("bench/request", 0))
+    SUBSCRIPTIONS = (
+        ("desired", 0),
+        ("chunk/response", 0),
+        ("infer/request", 1),
+        ("state", 0),
+        ("bench/request", 0),
+        ("generate/request", 1),
+    )
     SUBSCRIBE_RETRIES = 5
 
     def _subscribe(self, client: Any) -> None:
@@ -283,6 +298,8 @@ class Agent:
                     self.infer_q.put_nowait(msg.payload)
                 except queue.Full:
                     self._reply({"id": None, "error": "busy: the inference queue is full, retry later"})
+            elif kind == "generate/request":
+                self.generate.submit(msg.payload)  # parses and queues; answers errors itself
             elif kind == "state" and msg.payload:
                 self._check_twin(loads(msg.payload), retained=bool(msg.retain))
         except ProtocolError as exc:
@@ -413,7 +430,8 @@ class Agent:
         self.client.connect_async(first.host, first.port, keepalive=30)
         self.client.loop_start()
         for name, target in (("control", self._control_loop), ("infer", self._infer_loop),
-                             ("telemetry", self._telemetry_loop), ("sender", self._sender_loop)):  # fmt: skip
+                             ("telemetry", self._telemetry_loop), ("sender", self._sender_loop),
+                             ("generate", lambda: self.generate.run(self.stopping))):  # fmt: skip
             thread = threading.Thread(target=target, name=f"edgekit-agent-{name}", daemon=True)
             thread.start()
             self.threads.append(thread)

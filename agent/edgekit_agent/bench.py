@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from edgekit_agent import power, runtime
+from edgekit_agent import power, runtime, runtimes
 from edgekit_agent.errors import PackageError
 from edgekit_agent.protocol import BenchRequest
 from edgekit_agent.telemetry import Telemetry, rss_bytes
@@ -130,6 +130,9 @@ class Bench:
             return {"status": "refused", "reason": "the downloaded package is not the one the request names "
                     f"(sha256 {verified.sha256[:12]}…, expected {request.package.sha256[:12]}…)"}  # fmt: skip
         part.unlink()
+        if runtimes.get(verified.manifest.engine).generative:
+            return {"status": "refused", "reason": "a language-model package has no tensor batches to time; ask the "
+                    "device with edgekit fleet generate (its answer has ttft_ms and tokens_per_s)"}  # fmt: skip
         rss0 = rss_bytes()
         events: list[dict[str, Any]] = []
         model = runtime.load(area / "package", verified.manifest, threads=self.threads,

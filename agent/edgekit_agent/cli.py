@@ -128,6 +128,11 @@ def bench(args: argparse.Namespace) -> int:
         verified = verify_package(args.package, trust=TrustStore.load(args.trust), dest=Path(tmp) / "v")
         model = runtime.load(verified.directory, verified.manifest, threads=args.threads)
         runtime.smoke_test(model)
+        if model.generative:
+            raise SystemExit(
+                "edgekit-agent bench times tensor packages; this one generates text: its smoke test "
+                "passed, time it with edgekit fleet generate (ttft_ms, tokens_per_s)"
+            )
         m = verified.manifest
         feed = {n: np.load(verified.directory / f, allow_pickle=False) for n, f in m.sample.inputs}
         request = dumps({"id": "bench", "inputs": {n: encode(a) for n, a in feed.items()}})

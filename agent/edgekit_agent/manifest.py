@@ -13,15 +13,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from edgekit_agent.errors import PackageError
-from edgekit_agent.runtimes import REGISTRY
+from edgekit_agent.runtimes import ALL
 from edgekit_agent.tarfmt import check_name
 
 FORMAT = "edgepkg/1"
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 RESERVED = (MANIFEST, SIGNATURE)
-ENGINES = tuple(REGISTRY)
-MODEL_FORMATS = {r.model_format: r.name for r in REGISTRY.values()}
+ENGINES = tuple(ALL)
+MODEL_FORMATS = {r.model_format: r.name for r in ALL.values()}
 DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")

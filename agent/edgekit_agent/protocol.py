@@ -27,6 +27,8 @@ TOPIC_KINDS = (
     "infer/response",
     "bench/request",
     "bench/response",
+    "generate/request",
+    "generate/response",
 )
 #: What a device reports to the host, at QoS 1 (``edgekit serve`` stores them).
 REPORT_KINDS = ("state", "telemetry", "events")

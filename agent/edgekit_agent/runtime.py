@@ -41,10 +41,19 @@ class Loaded:
     input_names: list[str]
     output_names: list[str]
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    generator: Any = None  # a generative package's runtime (runtimes.genai.Generator); None for tensor models
+
+    @property
+    def generative(self) -> bool:
+        return self.generator is not None
 
     def predict(self, feed: dict[str, Any]) -> list[Any]:
         with self._lock:  # one inference at a time: runtimes' sessions are not all safe to share
             return self._run(feed)
+
+
+def _not_tensors(_feed: dict[str, Any]) -> list[Any]:
+    raise TypeError("this package generates text: send generate/request, not infer/request")
 
 
 def load(directory: Path, manifest: Manifest, *, threads: int = 1, event: Event = lambda _k, _d: None) -> Loaded:
@@ -60,6 +69,11 @@ def load(directory: Path, manifest: Manifest, *, threads: int = 1, event: Event 
     reason = None
     for device in devices:
         try:
+            if runtime.generative:
+                gen = runtime.open_generator(path, device, threads=threads, config=manifest.runtime_config)
+                why = reason if device != manifest.device else None
+                names = [n for n, _ in manifest.sample.inputs]
+                return Loaded(manifest, directory, engine, device, why, _not_tensors, names, ["tokens"], generator=gen)
             session = runtime.open(path, device, threads=threads, config=manifest.runtime_config)
         except Exception as exc:  # a missing device or a compile failure: the next device, never a crash
             reason = f"{engine}:{device}: {(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]}"
@@ -84,6 +98,8 @@ def sample_fidelity(model: Loaded) -> dict[str, Any]:
     import numpy as np
 
     m = model.manifest
+    if model.generative:
+        return _generation_fidelity(model)
     outputs = model.predict(sample_inputs(model))
     report: dict[str, Any] = {"ok": len(outputs) == len(m.sample.outputs), "outputs": []}
     if not report["ok"]:
@@ -108,14 +124,36 @@ def sample_fidelity(model: Loaded) -> dict[str, Any]:
     return report
 
 
+def _generation_fidelity(model: Loaded) -> dict[str, Any]:
+    """A generative package's sample: its prompt ids, and the tokens the host generated greedily from them.
+    The device generates as many and compares the common prefix: at temperature 0 the runtimes agree token for
+    token unless two logits tie within rounding (another ISA's kernels), so the package allows a tail of
+    ``rtol`` x tokens to differ after the first divergence (0: exact)."""
+    import numpy as np
+
+    m = model.manifest
+    prompt = np.load(model.directory / m.sample.inputs[0][1], allow_pickle=False).reshape(-1)
+    expected = [int(t) for t in np.load(model.directory / m.sample.outputs[0][1], allow_pickle=False).reshape(-1)]
+    got = model.generator.generate([int(t) for t in prompt], max_new_tokens=len(expected), ignore_eos=True).tokens
+    pairs = list(zip(got, expected, strict=False))
+    same = next((i for i, (a, b) in enumerate(pairs) if a != b), len(pairs))
+    agreement = same / max(len(expected), 1)
+    row: dict[str, Any] = {"name": "tokens", "prefix_agreement": round(agreement, 4), "allowed": 1 - m.sample.rtol}
+    if agreement < 1 - m.sample.rtol - 1e-9:
+        row["problem"] = (f"greedy generation agrees with the sample on {same} of {len(expected)} tokens "
+                          f"(the package needs {1 - m.sample.rtol:.0%})")  # fmt: skip
+    return {"ok": "problem" not in row, "outputs": [row]}
+
+
 def smoke_test(model: Loaded, *, warmup: int = 3) -> None:
     """Run the package's sample and compare with its expected output; raises SmokeTestFailed with the reason.
 
     Also the warm-up: the first inferences (allocation, kernel selection) happen here, not on a user's request.
     """
-    feed = sample_inputs(model)
-    for _ in range(max(warmup - 1, 0)):
-        model.predict(feed)
+    if not model.generative:
+        feed = sample_inputs(model)
+        for _ in range(max(warmup - 1, 0)):
+            model.predict(feed)
     report = sample_fidelity(model)
     if not report["ok"]:
         problem = next((o["problem"] for o in report["outputs"] if "problem" in o), report.get("problem"))

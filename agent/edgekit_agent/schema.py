@@ -61,6 +61,16 @@ TELEMETRY: tuple[Field, ...] = (
     _f("energy_per_inference_mj", "float", "whole-device energy per inference in the interval", hi=1e12),
     _f("energy_is_estimate", "bool", "1 when power (and so energy) is an estimate"),
     _f("dropped_messages", "int", "messages the agent's outbox had to drop", hi=2**53),
+    # a language-model package (generate/request); None on a device that generated nothing in the interval
+    _f("generations", "int", "generations finished in the interval", hi=2**53),
+    _f("tokens_generated", "int", "new tokens generated in the interval", hi=2**53),
+    _f("ttft_p50_ms", "float", "median time to first token", hi=1e7),
+    _f("ttft_p95_ms", "float", "p95 time to first token", hi=1e7),
+    _f("decode_tokens_per_s", "float", "median decode rate of the interval's generations", hi=1e7),
+    _f(
+        "energy_per_token_mj", "float", "whole-device energy per generated token (energy_is_estimate says how)", hi=1e12
+    ),
+    _f("peak_rss_bytes", "int", "the agent's peak resident memory since it started", hi=2**50),
 )
 BY_NAME = {f.name: f for f in TELEMETRY}
 METRICS = tuple(f.name for f in TELEMETRY if f.numeric)  # what ``fleet history --metric`` can plot

@@ -24,6 +24,16 @@ def rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def peak_rss_bytes() -> int | None:
+    """The process's peak resident memory (Linux: ru_maxrss in kB); None where it cannot be read."""
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    except (ImportError, OSError):
+        return None
+
+
 def temperature_c(root: Path = Path("/sys/class/thermal")) -> float | None:
     """The hottest thermal zone, or None where none is readable (as on these build machines)."""
     temps = []
@@ -54,6 +64,10 @@ class Telemetry:
         self._cpu0 = self._cpu_seconds()
         self.dropped_messages = 0
         self._taps: list[list[float]] = []
+        self._generations = 0
+        self._tokens = 0
+        self._ttft: list[float] = []
+        self._decode: list[float] = []
 
     @staticmethod
     def _cpu_seconds() -> float:
@@ -71,6 +85,19 @@ class Telemetry:
             for tap in self._taps:
                 if len(tap) < self._max:
                     tap.append(latency_ms)
+
+    def record_generation(self, tokens: int, ttft_ms: float | None, decode_tokens_per_s: float | None) -> None:
+        """One finished generation (``ttft_ms`` None: it failed; counted as an error)."""
+        with self._lock:
+            if ttft_ms is None and not tokens:
+                self._errors += 1
+                return
+            self._generations += 1
+            self._tokens += tokens
+            if ttft_ms is not None and len(self._ttft) < self._max:
+                self._ttft.append(ttft_ms)
+            if decode_tokens_per_s is not None and len(self._decode) < self._max:
+                self._decode.append(decode_tokens_per_s)
 
     def tap(self) -> list[float]:
         """A list that also gets every latency recorded until :meth:`untap` (a bench watches the serving model
@@ -90,14 +117,23 @@ class Telemetry:
         with self._lock:
             latencies, count, errors = sorted(self._latencies), self._count, self._errors
             self._latencies, self._count, self._errors = [], 0, 0
+            generations, tokens, ttft, decode = (
+                self._generations,
+                self._tokens,
+                sorted(self._ttft),
+                sorted(self._decode),
+            )
+            self._generations, self._tokens, self._ttft, self._decode = 0, 0, [], []
             elapsed, cpu_used = max(now - self._t0, 1e-9), cpu - self._cpu0
             self._t0, self._cpu0 = now, cpu
         cores = os.cpu_count() or 1
         utilisation = min(cpu_used / elapsed / cores, 1.0)
         reading = self.power.read(utilisation)
-        energy_mj = None
+        energy_mj = token_mj = None
         if reading.watts is not None and count:
             energy_mj = reading.watts * elapsed / count * 1e3
+        if reading.watts is not None and tokens:
+            token_mj = reading.watts * elapsed / tokens * 1e3
         # one name per field (schema.TELEMETRY); the wire nests latency and power as agents always have
         return telemetry_message({
             "interval_s": round(elapsed, 3),
@@ -116,4 +152,12 @@ class Telemetry:
             "energy_per_inference_mj": None if energy_mj is None else round(energy_mj, 4),
             "energy_is_estimate": not reading.measured,
             "dropped_messages": self.dropped_messages,
+            "generations": generations or None,
+            "tokens_generated": tokens or None,
+            "ttft_p50_ms": round(_percentile(ttft, 0.50), 3) if ttft else None,
+            "ttft_p95_ms": round(_percentile(ttft, 0.95), 3) if ttft else None,
+            "decode_tokens_per_s": round(_percentile(decode, 0.50), 3) if decode else None,
+            # the device's whole power over the interval divided by the tokens generated in it
+            "energy_per_token_mj": None if token_mj is None else round(token_mj, 4),
+            "peak_rss_bytes": peak_rss_bytes(),
         })  # fmt: skip

@@ -27,8 +27,17 @@ from edgekit.errors import EdgekitError
 from edgekit.fleet.broker import persistence_lines
 
 HOST_USER = "edgekit-host"
-DEVICE_READS = ("desired", "chunk/response", "infer/request", "state", "bench/request")  # state: to notice a twin
-DEVICE_WRITES = ("state", "telemetry", "events", "chunk/request", "infer/response", "bench/response")
+# state: to notice a twin
+DEVICE_READS = ("desired", "chunk/response", "infer/request", "state", "bench/request", "generate/request")
+DEVICE_WRITES = (
+    "state",
+    "telemetry",
+    "events",
+    "chunk/request",
+    "infer/response",
+    "bench/response",
+    "generate/response",
+)
 
 
 class BrokerConfigInvalid(EdgekitError):

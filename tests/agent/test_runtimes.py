@@ -6,19 +6,25 @@ from imports import heavy_modules_loaded_by
 
 
 def test_each_runtime_is_described_once_and_the_manifest_schema_follows_the_registry():
-    regs = list(runtimes.REGISTRY.values())
+    regs = list(runtimes.ALL.values())
     for field in ("name", "model_format", "kind", "entry"):
         values = [getattr(r, field) for r in regs]
         assert len(set(values)) == len(values), field  # lookups by format and kind are unambiguous
-    assert tuple(runtimes.REGISTRY) == manifest.ENGINES
+    assert tuple(runtimes.ALL) == manifest.ENGINES
+    assert not set(runtimes.REGISTRY) & set(runtimes.GENERATIVE)
+    assert all(r.generative for r in runtimes.GENERATIVE.values()) and not any(
+        r.generative for r in runtimes.REGISTRY.values()
+    )
     assert {r.model_format: r.name for r in regs} == manifest.MODEL_FORMATS
     assert set(runtimes.installed()) == {r.name for r in regs}  # the host venv installs every extra
-    with pytest.raises(LookupError, match="unknown runtime 'tensorrt' \\(known: onnxruntime, openvino\\)"):
+    with pytest.raises(
+        LookupError, match="unknown runtime 'tensorrt' \\(known: onnxruntime, openvino, openvino-genai\\)"
+    ):
         runtimes.get("tensorrt")
 
 
 def test_describing_the_runtimes_imports_none_of_them():
-    assert heavy_modules_loaded_by("import edgekit_agent.runtimes", ("onnxruntime", "openvino")) == []
+    assert heavy_modules_loaded_by("import edgekit_agent.runtimes", ("onnxruntime", "openvino", "openvino_genai")) == []
 
 
 @pytest.mark.parametrize("name", list(runtimes.REGISTRY))

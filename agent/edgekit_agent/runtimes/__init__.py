@@ -19,7 +19,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from edgekit_agent.runtimes import ort, ov
+from edgekit_agent.runtimes import genai, ort, ov
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class Runtime:
     static_shape_devices: tuple[str, ...]  # devices that need static input shapes (an NPU)
     preferred_on: tuple[str, ...]  # machine architectures where it is the first choice
     impl: str  # the module with open_session / io_spec / devices (imports the runtime lazily)
+    generative: bool = False  # a language model: open_generator, generate/request; no tensor session
 
     def installed(self) -> bool:
         return find_spec(self.module) is not None
@@ -55,6 +56,10 @@ class Runtime:
         """A session on ``device`` (LookupError when the device does not exist here)."""
         run, inputs, outputs = self._impl().open_session(path, device, threads, dict(config or {}))
         return Session(run, inputs, outputs)
+
+    def open_generator(self, path: Path, device: str, *, threads: int, config: dict[str, str] | None = None) -> Any:
+        """A generative runtime's generator on ``device`` (LookupError when the device does not exist here)."""
+        return self._impl().open_generator(path, device, threads, dict(config or {}))
 
     def io_spec(self, path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Names, dtypes and shapes (None = dynamic) of the model's inputs and outputs."""
@@ -68,18 +73,23 @@ class Runtime:
         return [entry, *(entry.with_suffix(s) for s in self.sidecars)]
 
 
+# tensor in, tensor out: what every classifier, ranker and encoder package runs on (and --auto converts to)
 REGISTRY: dict[str, Runtime] = {r.name: r for r in (Runtime(**ort.DESCRIPTION), Runtime(**ov.DESCRIPTION))}
+# text in, text out, token by token: language-model packages (edgekit.llm); apart, so nothing that converts
+# or ranks tensor models ever picks one
+GENERATIVE: dict[str, Runtime] = {r.name: r for r in (Runtime(**genai.DESCRIPTION),)}
+ALL: dict[str, Runtime] = REGISTRY | GENERATIVE
 BY_FORMAT = {r.model_format: r for r in REGISTRY.values()}
 BY_KIND = {r.kind: r for r in REGISTRY.values()}
 
 
 def get(name: str) -> Runtime:
     try:
-        return REGISTRY[name]
+        return ALL[name]
     except KeyError:
-        raise LookupError(f"unknown runtime {name!r} (known: {', '.join(REGISTRY)})") from None
+        raise LookupError(f"unknown runtime {name!r} (known: {', '.join(ALL)})") from None
 
 
 def installed() -> list[str]:
     """Runtimes installed here, found without importing them (OpenVINO alone costs ~80 MB of RSS)."""
-    return [name for name, r in REGISTRY.items() if r.installed()]
+    return [name for name, r in ALL.items() if r.installed()]
