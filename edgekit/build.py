@@ -83,10 +83,11 @@ def written_by_edgekit(directory: Path) -> bool:
     """Whether everything in ``directory`` is something ``edgekit package`` writes: model files (any runtime's
     entry, sidecars, ONNX external data), ``sample/``, ``report.json``, ``*.edgepkg``, or ``--keep-candidates``
     folders (``NAME/candidate.json``). Anything else is the user's, and is not deleted without --force."""
-    from edgekit_agent.runtimes import REGISTRY
+    from edgekit_agent.runtimes import ALL
+    from edgekit_agent.runtimes.genai import FILES
 
-    ours = {"report.json", "sample"} | {r.entry for r in REGISTRY.values()}
-    ours |= {Path(r.entry).with_suffix(x).name for r in REGISTRY.values() for x in r.sidecars}
+    ours = {"report.json", "sample", *FILES} | {r.entry for r in ALL.values()}
+    ours |= {Path(r.entry).with_suffix(x).name for r in ALL.values() for x in r.sidecars}
     for entry in directory.iterdir():
         if entry.name in ours or entry.suffix in (".edgepkg", ".data") or (entry / "candidate.json").is_file():
             continue
@@ -173,23 +174,22 @@ def stage_files(stage: Path, artifact: Any, bundle: ModelBundle, *, threads: int
     }
 
 
-def _write_output(
+def write_output(
     out: Path,
-    artifact: Any,
     report: dict[str, Any],
-    bundle: ModelBundle,
+    stage_fn: Any,
     *,
-    threads: int,
     signing: Signing | None,
     package_file: Path | None,
 ) -> Path | None:
-    """Stage everything next to ``out``, then swap it in; returns the .edgepkg path when one was signed."""
+    """Stage everything next to ``out`` (``stage_fn(stage)`` copies the model and returns report.json's
+    ``package`` section), then swap it in; returns the .edgepkg path when one was signed."""
     from edgekit.edgepkg import write_edgepkg
 
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         os.chmod(stage, 0o755)  # mkdtemp makes it private; the output is an ordinary directory
-        report["package"] = stage_files(stage, artifact, bundle, threads=threads)
+        report["package"] = stage_fn(stage)
         (stage / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         sealed = None
         if signing is not None:
@@ -331,8 +331,8 @@ def run_package(
         )  # fmt: skip
         report = result.to_json()
         report["runtime_config"] = best.artifact.runtime_config
-        sealed = _write_output(job.out, best.artifact, report, job.bundle, threads=job.threads, signing=sign,
-                               package_file=job.package_file)  # fmt: skip
+        sealed = write_output(job.out, report, lambda stage: stage_files(stage, best.artifact, job.bundle,
+                              threads=job.threads), signing=sign, package_file=job.package_file)  # fmt: skip
         if job.package_file is not None:
             result.output_dir = None
         result.package_path = str(sealed.resolve()) if sealed is not None else None
@@ -378,8 +378,9 @@ def _choose_on_devices(job: _Job, results: list[CandidateResult], measure_on: An
                   "steps": [s.to_dict() for s in r.steps], "chosen": r.name,
                   "runtime_config": r.artifact.runtime_config}  # fmt: skip
         signing = replace(sign, version=f"{base}+{r.name}")  # a candidate, named as one
-        sealed = _write_output(dest, r.artifact, report, job.bundle, threads=job.threads, signing=signing,
-                               package_file=dest.with_name(f"{job.bundle.name}-{r.name}-{run}.edgepkg"))  # fmt: skip
+        sealed = write_output(dest, report, lambda st: stage_files(st, r.artifact, job.bundle, threads=job.threads),
+                              signing=signing,
+                              package_file=dest.with_name(f"{job.bundle.name}-{r.name}-{run}.edgepkg"))  # fmt: skip
         assert sealed is not None
         return sealed
 

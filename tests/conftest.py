@@ -67,3 +67,30 @@ def broker(tmp_path):
     b.start()
     yield b
     b.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory):
+    """A tiny random Llama as GGUF (tests/helpers/tinyllm.py), packaged once per session through the real
+    ``edgekit package FILE.gguf --recipe R --key K`` command: {gguf, out, package, keys, report}."""
+    import json
+    import subprocess
+
+    import pkgs
+    from tinyllm import write_tiny_llama
+
+    root = tmp_path_factory.mktemp("tinyllm")
+    gguf = write_tiny_llama(root / "tiny-llama.gguf")
+    keys = pkgs.keys(root / "keys")
+    recipe = root / "int8.yaml"
+    recipe.write_text("name: int8\nweights: int8_asym\nperplexity_tolerance: 0.5\n")
+    out = root / "pkg"
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgekit", "package", str(gguf), "--profile", "x86-64-generic", "--recipe", str(recipe),
+         "--out", str(out), "--key", str(keys[0]), "--counter", "7", "--version", "t1", "--format", "json"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    return {"gguf": gguf, "out": out, "package": Path(result["package_path"]), "keys": keys, "result": result,
+            "report": json.loads((out / "report.json").read_text())}  # fmt: skip

@@ -440,3 +440,59 @@ def migrate(db: opt.Db = opt.DEFAULT_DB, fmt: opt.Format = "table") -> None:
         for m in done["applied"]:
             out.print(f"applied {m['version']}: {m['what']}", highlight=False)
         out.print(f"{db}: schema version {before} -> {done['to']}", highlight=False)
+
+
+@app.command()
+def generate(
+    device: Annotated[str, typer.Argument(help="device id (it must serve a language-model package)")],
+    prompt: Annotated[str, typer.Argument(help="the prompt; with --chat, the user's message")],
+    chat: Annotated[bool, typer.Option("--chat", help="send as a chat message (the model's chat template)")] = False,
+    system: Annotated[str | None, typer.Option(help="with --chat: a system message first")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="at most this many new tokens (the device has a limit)")] = 128,
+    temperature: Annotated[float, typer.Option(help="0: greedy (the same answer every time)")] = 0.0,
+    stop: Annotated[list[str], typer.Option(help="stop before this text; repeatable")] = [],  # noqa: B006
+    seed: Annotated[int, typer.Option(help="sampling seed (temperature > 0)")] = 0,
+    timeout: Annotated[str, typer.Option(help="give up after this long without an answer")] = "60s",
+    fleet: opt.Fleet = opt.DEFAULT_FLEET,
+    broker: opt.Broker = opt.DEFAULT_BROKER,
+    fmt: opt.Format = "table",
+) -> None:
+    """Generate text on a device and print it as it streams in (Ctrl-C cancels on the device too)."""
+    from edgekit.fleet.generate import GenerateFailed
+    from edgekit.fleet.generate import generate as start
+
+    opt.check_format(fmt)
+    request: dict[str, Any] = {"max_new_tokens": max_new_tokens, "temperature": temperature, "stop": stop,
+                               "seed": seed}  # fmt: skip
+    if chat:
+        request["messages"] = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}]  # fmt: skip
+    elif system:
+        raise opt.OptionInvalid("--system needs --chat")
+    else:
+        request["prompt"] = prompt
+    stream = start(broker, fleet, device, request, timeout=opt.duration(timeout, "--timeout"))
+    messages: list[dict[str, Any]] = []
+    try:
+        for message in stream:
+            messages.append(message)
+            if fmt == "table" and message.get("text"):
+                out.print(message["text"], end="", markup=False, highlight=False, soft_wrap=True)
+    except KeyboardInterrupt:
+        stream.cancel()
+        err.print("\ncancelled", highlight=False)
+        raise typer.Exit(130) from None
+    finally:
+        stream.close()
+    final = messages[-1]
+    if fmt == "json":
+        print_json({"id": stream.id, "device": device, "messages": messages})
+    if "error" in final:
+        raise GenerateFailed(f"{device}: {final['error']}")
+    if fmt == "table":
+        out.print()
+        rate = "–" if final.get("tokens_per_s") is None else f"{final['tokens_per_s']:.1f}"
+        ttft = "–" if final.get("ttft_ms") is None else f"{final['ttft_ms']:.0f}"
+        runtime = (final.get("model") or {}).get("runtime", "?")
+        err.print(f"[dim]{final.get('completion_tokens')} tokens ({final.get('finish_reason')}), first token "
+                  f"{ttft} ms, {rate} tok/s on {device} ({runtime})[/]")  # fmt: skip

@@ -79,6 +79,21 @@ def render_candidates(rows: list[dict[str, Any]]) -> Any:
     return table
 
 
+def render_llm(rows: list[dict[str, Any]]) -> Any:
+    """A language model's candidates in its own units (host figures: this machine's CPU, greedy decoding)."""
+    from rich.table import Table
+
+    table = Table(title="language-model candidates on this host (p50 of the runs; decode = tokens after the first)")
+    for col in ("candidate", "precision", "perplexity", "vs fp32", "first token ms", "decode tok/s", "size"):
+        table.add_column(col, justify="left" if col == "candidate" else "right")
+    for r in rows:
+        table.add_row(r["name"], r["precision"], f"{r['perplexity']:.3f}", f"{r['performance_drop']:+.2%}",
+                      "-" if r["ttft_ms"] is None else f"{r['ttft_ms']:.1f}",
+                      "-" if r["decode_tokens_per_s"] is None else f"{r['decode_tokens_per_s']:.1f}",
+                      _fmt_bytes(r["size_bytes"]))  # fmt: skip
+    return table
+
+
 def _interval(interval: Any) -> str:
     return f" ({interval[0]:.3f}-{interval[1]:.3f})" if interval else ""
 
@@ -99,7 +114,8 @@ def _input_shapes(values: list[str]) -> dict[str, list[int]]:
 
 def package(
     model: Annotated[
-        str, typer.Argument(help="digits_cnn | recommender | minilm | module:function | path/to/model.onnx")
+        str,
+        typer.Argument(help="digits_cnn | recommender | minilm | smollm2 | module:function | model.onnx | model.gguf"),
     ],
     profile: Annotated[str, typer.Option(help="device profile name or YAML path")],
     out_dir: Annotated[
@@ -163,12 +179,36 @@ def package(
 
     sign = opt.signing(key, name=name, version=version, counter=counter, issued_at=issued_at,
                        expires_in=expires_in) if key else None  # fmt: skip
+    from edgekit.llm.gguf import is_llm
+
+    if is_llm(model):  # a GGUF language model: its own path (edgekit.llm.build)
+        _no_tensor_options(only=only, keep_candidates=keep_candidates, data=data, input_shape=input_shape,
+                           dry_run=dry_run, measure_on=measure_on, latency_budget=latency_budget)  # fmt: skip
+        _show(_package_llm(model, profile, recipe, auto, out_dir, sign, force, progress), fmt)
+        return
     with stdout_to_stderr():
         result = run_package(model, profile=target, recipe=recipe, auto=auto, out=out_dir, dry_run=dry_run, data=data,
                              input_shapes=_input_shapes(input_shape), only=[s.strip() for s in only.split(",")]
                              if only else None, keep_candidates=keep_candidates, force=force, sign=sign,
                              measure_on=measure, progress=progress)  # fmt: skip
     _show(result, fmt)
+
+
+def _package_llm(model: str, profile: str, recipe: Path | None, auto: bool, out_dir: Path, sign: Any, force: bool,
+                 progress: Any) -> Any:  # fmt: skip
+    from edgekit.llm.build import run_llm_package
+
+    with stdout_to_stderr():
+        return run_llm_package(model, profile=profile, recipe=recipe, auto=auto, out=out_dir, sign=sign, force=force,
+                               progress=progress)  # fmt: skip
+
+
+def _no_tensor_options(**given: Any) -> None:
+    """Options of tensor models that a language model has no use for: an error, not silently ignored."""
+    used = [k for k, v in given.items() if v not in (None, False, [], ())]
+    if used:
+        flags = ", ".join("--" + k.replace("_", "-") for k in used)
+        raise opt.OptionInvalid(f"{flags} do(es) not apply to a language model (GGUF); see docs/llm.md")
 
 
 def _with_budget(profile: str, latency_budget: float | None) -> Any:
@@ -193,6 +233,8 @@ def _show(result: Any, fmt: str) -> None:
         return
     if result.candidates:
         out.print(render_candidates(result.candidates))
+        if any("decode_tokens_per_s" in r for r in result.candidates):
+            out.print(render_llm(result.candidates))
     out.print(render_steps(result))
     if result.output_dir:
         out.print(f"wrote {result.output_dir} (chosen: {result.chosen})", highlight=False)

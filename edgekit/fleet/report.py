@@ -239,6 +239,9 @@ def write_report(store: Any, fleet: str, out: Path, *, since: float) -> Path:
     cols = ("device", "profile", "arch", "online", "package", "version", "runtime", "p50_ms", "p95_ms",
             "throughput_per_s", "power_w", "power_source", "energy_per_inference_mj", "stuck",
             "stuck_reason")  # fmt: skip
+    if any(r["tokens_generated"] is not None or r["decode_tokens_per_s"] is not None for r in status):
+        cols += ("decode_tokens_per_s", "ttft_p50_ms", "ttft_p95_ms", "tokens_generated", "energy_per_token_mj",
+                 "energy_is_estimate", "peak_rss_bytes")  # fmt: skip
     head = "".join(f"<th>{e(c)}</th>" for c in cols)
     body = "".join("<tr>" + "".join(f"<td>{cell(r[c])}</td>" for c in cols) + "</tr>" for r in status)
 

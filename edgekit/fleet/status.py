@@ -63,6 +63,11 @@ def status_table(rows: list[dict[str, Any]], fleet: str) -> Any:
     for col in ("device", "profile", "arch", "online", "package", "runtime", "p50 ms", "p95 ms", "inf/s",
                 "power W", "mJ/inf", "last seen"):  # fmt: skip
         table.add_column(col)
+    # language-model devices (generate/request): their own figures, in columns only when one reported them
+    generative = any(r["tokens_generated"] is not None or r["decode_tokens_per_s"] is not None for r in rows)
+    if generative:
+        for col in ("tok/s", "TTFT p50/p95 ms", "mJ/token", "peak RSS MB"):
+            table.add_column(col)
     for r in rows:
         power = "unavailable" if r["power_w"] is None else f"{r['power_w']:.2f} ({r['power_source']})"
         estimated = r["energy_is_estimate"] and r["energy_per_inference_mj"] is not None
@@ -74,8 +79,20 @@ def status_table(rows: list[dict[str, Any]], fleet: str) -> Any:
             r["runtime"] or "–",
             num(r["p50_ms"], ".3f"), num(r["p95_ms"], ".3f"), num(r["throughput_per_s"], ".1f"), power, energy,
             when(r["last_seen"]),
+            *(_generation_cells(r) if generative else ()),
         )  # fmt: skip
     return table
+
+
+def _generation_cells(r: dict[str, Any]) -> list[str]:
+    def num(v: Any, spec: str) -> str:
+        return "–" if v is None else format(v, spec)
+
+    estimated = r["energy_is_estimate"] and r["energy_per_token_mj"] is not None
+    ttft = "–" if r["ttft_p50_ms"] is None else f"{r['ttft_p50_ms']:.1f}/{r['ttft_p95_ms']:.1f}"
+    rss = None if r["peak_rss_bytes"] is None else r["peak_rss_bytes"] / 2**20
+    return [num(r["decode_tokens_per_s"], ".1f"), ttft, num(r["energy_per_token_mj"], ".2f") + (" est." if estimated
+            else ""), num(rss, ".0f")]  # fmt: skip
 
 
 def worker_lines(store: Any, *, within: float = 15.0) -> list[str]:

@@ -112,6 +112,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             name TEXT NOT NULL, version TEXT NOT NULL, sha256 TEXT NOT NULL, status TEXT NOT NULL,
             p50_ms DOUBLE PRECISION, body TEXT NOT NULL, PRIMARY KEY (fleet, device, id))""",
     )),
+    Migration(5, "language-model telemetry: generations, tokens, time to first token, decode rate, energy per token", (
+        "ALTER TABLE telemetry ADD COLUMN generations BIGINT",
+        "ALTER TABLE telemetry ADD COLUMN tokens_generated BIGINT",
+        "ALTER TABLE telemetry ADD COLUMN ttft_p50_ms DOUBLE PRECISION",
+        "ALTER TABLE telemetry ADD COLUMN ttft_p95_ms DOUBLE PRECISION",
+        "ALTER TABLE telemetry ADD COLUMN decode_tokens_per_s DOUBLE PRECISION",
+        "ALTER TABLE telemetry ADD COLUMN energy_per_token_mj DOUBLE PRECISION",
+        "ALTER TABLE telemetry ADD COLUMN peak_rss_bytes BIGINT",
+    )),
 )  # fmt: skip
 SCHEMA_VERSION = MIGRATIONS[-1].version
 # the row a telemetry message becomes: where it came from, then every schema field under its one name

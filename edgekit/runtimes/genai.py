@@ -1,0 +1,177 @@
+"""The host's side of OpenVINO GenAI (``edgekit_agent.runtimes.genai``): a GGUF file to the directory
+LLMPipeline reads, NNCF's weight compression of it, and its held-out perplexity.
+
+Why the GGUF goes through openvino-genai's own reader and not optimum-intel: optimum-intel 2.2 (the release
+for OpenVINO 2026.4) requires transformers < 5.6 and torchvision, and edgekit pins transformers 5.23 with a
+CPU-only torch. The reader builds the stateful graph optimum-intel exports (input_ids, attention_mask,
+position_ids, beam_idx; the KV cache in state variables) and writes the tokenizer and detokenizer with
+openvino-tokenizers, so what LLMPipeline runs on a device is what is measured here. Its graph keeps the
+file's quantized weights (Q4_1, Q8_0) with their decompression; folding those constants gives the
+dequantized weights in fp32: the fp32 reference, equal to transformers' own dequantization of the file
+(tests/edgekit/llm). NNCF compresses from that reference.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from edgekit_agent.runtimes import genai as agent_genai
+from edgekit_agent.runtimes import get
+
+from edgekit.errors import ModelInvalid, PassFailed, RecipeInvalid
+from edgekit.llm.gguf import GENERATION_CONFIG, GGUFInfo, inspect, write_generation_config
+
+RUNTIME = get(agent_genai.DESCRIPTION["name"])
+NAME = RUNTIME.name
+MODEL_XML = RUNTIME.entry
+MODEL_BIN = Path(MODEL_XML).with_suffix(".bin").name
+TOKENIZER_FILES = tuple(f for f in agent_genai.FILES if f not in (MODEL_XML, MODEL_BIN, GENERATION_CONFIG))
+BASE_RUNTIME = "openvino"  # the tensor runtime under it: a profile must list it for a language model to be packaged
+KIND_LABEL = "OpenVINO IR"
+# the fp32 reference runs with an fp32 KV cache and no on-the-fly activation quantization (the CPU plugin's
+# defaults for compressed weights), so it computes what transformers computes
+REFERENCE_CONFIG = {"KV_CACHE_PRECISION": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
+
+_READER = """
+import sys, openvino_genai
+openvino_genai.LLMPipeline(sys.argv[1], "CPU", enable_save_ov_model=True, INFERENCE_NUM_THREADS=1)
+"""
+
+
+def _read_gguf(gguf_path: Path, work: Path) -> Path:
+    """The reader writes the IR and tokenizer next to the file it reads: it gets a link to it in ``work``.
+
+    It runs in a child process: on some layouts (an F16 token embedding) the reader dies of SIGFPE, which
+    would take edgekit down with it instead of giving the user a one-line error.
+    """
+    src = work / "gguf"
+    src.mkdir()
+    local = src / gguf_path.name
+    try:
+        local.symlink_to(gguf_path.resolve())
+    except OSError:
+        shutil.copyfile(gguf_path, local)
+    proc = subprocess.run([sys.executable, "-c", _READER, str(local)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0 or not (src / MODEL_XML).exists():
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        why = lines[-1][:200] if lines and proc.returncode > 0 else f"the reader died of signal {-proc.returncode}"
+        raise ModelInvalid(
+            f"OpenVINO GenAI cannot build {gguf_path.name} ({why}); its GGUF reader takes llama/qwen2 models "
+            "whose matrices are Q8_0, Q4_0, Q4_1, Q4_K or Q6_K"
+        ) from None
+    return src
+
+
+def dequantize(model: Any) -> Any:
+    """Fold the GGUF's weight decompression (u4/u8 constants, scales, zero points) into fp32 constants."""
+    from openvino.passes import ConstantFolding, Manager
+
+    manager = Manager()
+    manager.register_pass(ConstantFolding())
+    manager.run_passes(model)
+    return model
+
+
+def from_gguf(gguf_path: Path, out: Path, *, native: bool = False) -> GGUFInfo:
+    """Write the model directory LLMPipeline reads into ``out``: the fp32 reference, or with ``native`` the
+    GGUF's own quantized weights as the reader keeps them (what llama.cpp runs, in OpenVINO)."""
+    import openvino as ov
+
+    info = inspect(gguf_path)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="edgekit-gguf-") as tmp:
+        src = _read_gguf(gguf_path, Path(tmp))
+        if native:
+            shutil.copyfile(src / MODEL_XML, out / MODEL_XML)
+            shutil.copyfile(src / MODEL_BIN, out / MODEL_BIN)
+        else:
+            model = dequantize(ov.Core().read_model(str(src / MODEL_XML)))
+            ov.save_model(model, str(out / MODEL_XML), compress_to_fp16=False)
+        for name in TOKENIZER_FILES:
+            shutil.copyfile(src / name, out / name)
+    write_generation_config(info, out)
+    return info
+
+
+def compress(reference: Path, out: Path, recipe: Any, calibration: list[list[int]]) -> None:
+    """Write ``recipe``'s NNCF weight compression of the fp32 IR in ``reference`` (tokenizer too) into ``out``."""
+    import nncf
+    import numpy as np
+    import openvino as ov
+
+    out.mkdir(parents=True, exist_ok=True)
+    model = ov.Core().read_model(str(reference / MODEL_XML))
+    kwargs: dict[str, Any] = {"mode": getattr(nncf.CompressWeightsMode, recipe.weights.upper())}
+    if recipe.weights.startswith("int4"):
+        kwargs |= {"group_size": recipe.group_size, "ratio": recipe.ratio}
+    if recipe.data_aware:
+
+        def sample(ids: list[int]) -> dict[str, Any]:
+            a = np.asarray([ids], dtype=np.int64)
+            return {
+                "input_ids": a,
+                "attention_mask": np.ones_like(a),
+                "beam_idx": np.zeros(1, dtype=np.int32),
+                "position_ids": np.arange(a.shape[1], dtype=np.int64)[None],
+            }
+
+        kwargs |= {
+            "dataset": nncf.Dataset(calibration[: recipe.calibration_samples], sample),
+            "awq": recipe.awq,
+            "scale_estimation": recipe.scale_estimation,
+            "subset_size": recipe.calibration_samples,
+        }
+    try:
+        compressed = nncf.compress_weights(model, **kwargs)
+    except nncf.InvalidGroupSizeError:
+        raise RecipeInvalid(
+            f"recipe {recipe.name}: group_size {recipe.group_size} does not divide every layer's input channels; "
+            "use a divisor of them (32 or 64 for most small models) or -1"
+        ) from None
+    except (nncf.ValidationError, nncf.UnsupportedModelError, RuntimeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise PassFailed(f"NNCF could not compress the weights for recipe {recipe.name} ({first})") from None
+    ov.save_model(compressed, str(out / MODEL_XML), compress_to_fp16=False)
+    for name in (*TOKENIZER_FILES, GENERATION_CONFIG):
+        shutil.copyfile(reference / name, out / name)
+
+
+def plugin_settings(threads: int, config: dict[str, str]) -> dict[str, Any]:
+    """What the agent's ``Generator`` compiles with, for the perplexity pass."""
+    return {
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "f32",
+        "INFERENCE_NUM_THREADS": threads,
+        "NUM_STREAMS": 1,
+    } | config
+
+
+def logits(model_dir: Path, *, threads: int, config: dict[str, str]) -> Any:
+    """``run(ids) -> logits[len(ids), vocab]``: one window from an empty KV cache, every position's logits."""
+    import numpy as np
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(model_dir / MODEL_XML), "CPU", plugin_settings(threads, config))
+    request = compiled.create_infer_request()
+
+    def run(window: list[int]) -> Any:
+        ids = np.asarray([window], dtype=np.int64)
+        request.reset_state()
+        feed = {
+            "input_ids": ids,
+            "attention_mask": np.ones_like(ids),
+            "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None],
+            "beam_idx": np.zeros(1, dtype=np.int32),
+        }
+        return request.infer(feed)["logits"][0]
+
+    return run
+
+
+def open_generator(model_dir: Path, *, threads: int, config: dict[str, str]) -> Any:
+    return RUNTIME.open_generator(model_dir / MODEL_XML, RUNTIME.cpu, threads=threads, config=config)
