@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("EDGEKIT_CACHE", str(ROOT / ".pytest_cache" / "edgekit"))
 # Tests check correctness, not timings: a short latency loop keeps the suite fast.
 os.environ.setdefault("EDGEKIT_LATENCY_SECONDS", "0.05")
+# ... and fewer, shorter held-out windows and generation runs for language models (edgekit.llm.build.Measures)
+os.environ.setdefault("EDGEKIT_LLM_QUICK", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
 
 

@@ -110,6 +110,7 @@ class GenerateService:
         self.q: queue.Queue[GenRequest] = queue.Queue(maxsize=self.limits.queue)
         self.active: dict[str, GenRequest] = {}  # queued or running, by id
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
 
     def _answer(self, rid: str | None, seq: int, body: dict[str, Any]) -> None:
         self.publish({"id": rid, "seq": seq, **body})
@@ -156,7 +157,8 @@ class GenerateService:
         req.cancel.set()  # a queued one is answered when the worker reaches it; a running one stops at its next token
 
     def run(self, stopping: threading.Event) -> None:
-        """The worker loop (one thread)."""
+        """The worker loop (one thread); ``stopping`` also cuts a running generation short at its next token."""
+        self._stopping = stopping
         while not stopping.is_set():
             try:
                 req = self.q.get(timeout=0.5)
@@ -220,7 +222,7 @@ class GenerateService:
             stop=req.stop,
             seed=req.seed,
             on_delta=on_delta,
-            cancelled=req.cancel.is_set,
+            cancelled=lambda: req.cancel.is_set() or self._stopping.is_set(),
             deadline=deadline,
         )
         self.record(len(out.tokens), out.ttft_ms, out.decode_tokens_per_s)

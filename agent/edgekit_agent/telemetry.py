@@ -25,7 +25,14 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int | None:
-    """The process's peak resident memory (Linux: ru_maxrss in kB); None where it cannot be read."""
+    """The process's peak resident memory: VmHWM (ru_maxrss would carry the peak of a parent that forked the
+    agent); None where neither can be read."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
 

@@ -11,6 +11,7 @@ decoder; runs whose decode rates overlap (lowest to highest run) are a tie, won 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -46,7 +47,7 @@ AUTO: tuple[dict[str, Any], ...] = (
 
 @dataclass
 class Measures:
-    """How long and how much: held-out windows and the speed prompt (tests shrink these)."""
+    """How long and how much: held-out windows and the speed prompt."""
 
     heldout_windows: int = 16
     window_tokens: int = 256
@@ -54,6 +55,15 @@ class Measures:
     prompt_tokens: int = 128
     new_tokens: int = 128
     runs: int = 3
+
+    @classmethod
+    def from_env(cls) -> Measures:
+        """``EDGEKIT_LLM_QUICK=1`` (the test suite sets it, as it shortens latency loops): fewer and shorter
+        windows and runs; the figures are then only good for checking that the path works."""
+        if os.environ.get("EDGEKIT_LLM_QUICK") == "1":
+            return cls(heldout_windows=6, window_tokens=128, calibration_windows=8, prompt_tokens=64, new_tokens=32,
+                       runs=2)  # fmt: skip
+        return cls()
 
 
 @dataclass
@@ -201,7 +211,14 @@ class Lab:
     """The reference, its token windows and a way to build and measure one candidate."""
 
     def __init__(
-        self, gguf_path: Path, work: Path, profile: DeviceProfile, measures: Measures, progress: Callable
+        self,
+        gguf_path: Path,
+        work: Path,
+        profile: DeviceProfile,
+        measures: Measures,
+        progress: Callable,
+        *,
+        calibrate: bool = True,
     ) -> None:
         import time
 
@@ -218,17 +235,15 @@ class Lab:
         self.reference = Candidate(ref_recipe, work / "fp32")
         gen = evaluate.open_generator(work / "fp32", threads=self.threads, config=ref_recipe.runtime_config)
         bos = self.info.bos_token_id if self.info.bos_token_id is not None and self.info.bos_token_id >= 0 else None
+        # the calibration text, only where a data-aware recipe will use it (it imports the MiniLM example's text)
+        self.calibration: list[list[int]] = []
+        if calibrate:
+            paragraphs, count = text.calibration_paragraphs(), measures.calibration_windows
+            self.calibration = text.windows(paragraphs, gen.encode, count=count, length=measures.window_tokens, bos=bos)
         self.heldout = text.windows(
             text.heldout_paragraphs(),
             gen.encode,
             count=measures.heldout_windows,
-            length=measures.window_tokens,
-            bos=bos,
-        )
-        self.calibration = text.windows(
-            text.calibration_paragraphs(),
-            gen.encode,
-            count=measures.calibration_windows,
             length=measures.window_tokens,
             bos=bos,
         )
@@ -305,7 +320,8 @@ def run_llm_package(
         _check_groups(r, info)
     name = model if model in gguf.EXAMPLES else gguf_path.stem
     with tempfile.TemporaryDirectory(prefix="edgekit-llm-") as tmp:
-        lab = Lab(gguf_path, Path(tmp), prof, measures or Measures(), progress)
+        calibrate = any(r.data_aware for r in recipes)
+        lab = Lab(gguf_path, Path(tmp), prof, measures or Measures.from_env(), progress, calibrate=calibrate)
         ref = lab.reference
         built = [ref if r.weights == "fp32" else lab.build(r) for r in recipes]
         everyone = built if any(c is ref for c in built) else [ref, *built]

@@ -26,6 +26,8 @@ class GGUFInfo:
     layers: int
     hidden: int
     ffn: int  # the feed-forward width: with hidden, the input channels of every matrix
+    heads: int
+    kv_heads: int
     vocab: int
     context: int
     tensor_types: dict[str, int]  # GGUF tensor type -> count (what the file was quantized to)
@@ -84,6 +86,8 @@ def inspect(path: Path) -> GGUFInfo:
         layers=int(field(f"{arch}.block_count")),
         hidden=int(field(f"{arch}.embedding_length")),
         ffn=int(field(f"{arch}.feed_forward_length") or 0),
+        heads=int(field(f"{arch}.attention.head_count") or 1),
+        kv_heads=int(field(f"{arch}.attention.head_count_kv") or field(f"{arch}.attention.head_count") or 1),
         vocab=int(vocab),
         context=int(field(f"{arch}.context_length") or 2048),
         tensor_types=dict(Counter(t.tensor_type.name for t in reader.tensors)),

@@ -77,6 +77,63 @@ def dequantize(model: Any) -> Any:
     return model
 
 
+def _exact_weights(gguf_path: Path, info: GGUFInfo) -> dict[tuple[int, ...], list[Any]]:
+    """Every matrix of the file dequantized exactly (gguf-py), by shape; attention Q and K also un-permuted
+    (llama.cpp's converter reorders their rows for its rotary layout; the IR may hold either order)."""
+    import gguf
+    import numpy as np
+
+    heads, kv_heads = info.heads, info.kv_heads
+    reader = gguf.GGUFReader(str(gguf_path))
+    out: dict[tuple[int, ...], list[Any]] = {}
+    for t in reader.tensors:
+        if len(t.shape) != 2:
+            continue
+        w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+        versions = [w]
+        n = heads if t.name.endswith("attn_q.weight") else kv_heads if t.name.endswith("attn_k.weight") else 0
+        if n:  # llama.cpp's permute() and its inverse: the IR holds the rows in one of the three orders
+            half = w.shape[0] // n // 2
+            versions.append(w.reshape(n, 2, half, w.shape[1]).swapaxes(1, 2).reshape(w.shape))
+            versions.append(w.reshape(n, half, 2, w.shape[1]).swapaxes(1, 2).reshape(w.shape))
+        for v in versions:
+            out.setdefault(v.shape, []).append(v)
+            out.setdefault(v.T.shape, []).append(v.T)
+    return out
+
+
+def exact_reference(model: Any, gguf_path: Path, info: GGUFInfo) -> int:
+    """Replace each folded weight matrix of the reader's graph with the file's exact dequantization.
+
+    The reader approximates some formats: Q4_1's per-block minimum becomes a 4-bit zero point, which on
+    SmolLM2-135M raised held-out perplexity from 20.8 (transformers' exact dequantization; llama.cpp 21.0) to
+    25.4. Each matrix is matched to the closest exact tensor of its shape; one whose best match is not close
+    (relative error above 0.25) is left as the reader built it. Returns how many were replaced.
+    """
+    import numpy as np
+    import openvino as ov
+
+    exact = _exact_weights(gguf_path, info)
+    replaced = 0
+    for op in model.get_ops():
+        if op.get_type_name() != "Constant" or str(op.get_output_element_type(0)) not in ("f32", "<Type: 'float32'>"):
+            continue
+        shape = tuple(op.get_output_partial_shape(0).to_shape())
+        if len(shape) != 2 or shape not in exact:
+            continue
+        value = op.get_data()
+        norm = float(np.linalg.norm(value)) or 1.0
+        errors = [float(np.linalg.norm(value - c)) / norm for c in exact[shape]]
+        best = int(np.argmin(errors))
+        if errors[best] > 0.25:
+            continue
+        new = ov.op.Constant(np.ascontiguousarray(exact[shape][best]))
+        for target in list(op.output(0).get_target_inputs()):
+            target.replace_source_output(new.output(0))
+        replaced += 1
+    return replaced
+
+
 def from_gguf(gguf_path: Path, out: Path, *, native: bool = False) -> GGUFInfo:
     """Write the model directory LLMPipeline reads into ``out``: the fp32 reference, or with ``native`` the
     GGUF's own quantized weights as the reader keeps them (what llama.cpp runs, in OpenVINO)."""
@@ -91,6 +148,7 @@ def from_gguf(gguf_path: Path, out: Path, *, native: bool = False) -> GGUFInfo:
             shutil.copyfile(src / MODEL_BIN, out / MODEL_BIN)
         else:
             model = dequantize(ov.Core().read_model(str(src / MODEL_XML)))
+            exact_reference(model, gguf_path, info)
             ov.save_model(model, str(out / MODEL_XML), compress_to_fp16=False)
         for name in TOKENIZER_FILES:
             shutil.copyfile(src / name, out / name)
@@ -124,7 +182,7 @@ def compress(reference: Path, out: Path, recipe: Any, calibration: list[list[int
             "dataset": nncf.Dataset(calibration[: recipe.calibration_samples], sample),
             "awq": recipe.awq,
             "scale_estimation": recipe.scale_estimation,
-            "subset_size": recipe.calibration_samples,
+            "subset_size": max(1, min(recipe.calibration_samples, len(calibration))),
         }
     try:
         compressed = nncf.compress_weights(model, **kwargs)

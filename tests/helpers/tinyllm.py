@@ -9,6 +9,7 @@ is noise, but the same noise on every runtime that computes the same thing.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,7 @@ def write_tiny_llama(out: Path, *, seed: int = 0) -> Path:
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_rope_dimension_count(HIDDEN // HEADS)
     writer.add_vocab_size(vocab)
-    writer.add_file_type(7)  # mostly Q8_0: what the reader keys its weight layout on
+    writer.add_file_type(3)  # mostly Q4_1, as SmolLM2's file: what the reader keys its weight layout on
     for key, field in donor.fields.items():
         if not key.startswith("tokenizer."):
             continue
@@ -44,21 +45,22 @@ def write_tiny_llama(out: Path, *, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
 
     def w(*shape: int, scale: float = 0.3) -> np.ndarray:
-        # stored as Q8_0 (q8 below): openvino-genai's GGUF reader takes neither F32 matrices nor F16 embeddings
+        # quantized below: openvino-genai's GGUF reader takes neither F32 matrices nor F16 embeddings
         return (rng.standard_normal(shape) * scale).astype(np.float16)
 
     head = HIDDEN // HEADS
     add = writer.add_tensor
 
-    def q8(name: str, array: np.ndarray) -> None:
-        add(
-            name,
-            gguf.quants.quantize(array.astype(np.float32), gguf.GGMLQuantizationType.Q8_0),
-            raw_dtype=gguf.GGMLQuantizationType.Q8_0,
-        )
+    def quantized(kind: Any) -> Any:
+        def write(name: str, array: np.ndarray) -> None:
+            add(name, gguf.quants.quantize(array.astype(np.float32), kind), raw_dtype=kind)
 
-    writer.add_tensor = q8  # type: ignore[method-assign]
-    writer.add_tensor("token_embd.weight", w(vocab, HIDDEN, scale=0.05))
+        return write
+
+    # SmolLM2's layout: the embedding in Q8_0, every other matrix in Q4_1 (whose block minimum the OpenVINO
+    # reader approximates: the reference must still equal transformers' exact dequantization)
+    quantized(gguf.GGMLQuantizationType.Q8_0)("token_embd.weight", w(vocab, HIDDEN, scale=0.05))
+    writer.add_tensor = quantized(gguf.GGMLQuantizationType.Q4_1)  # type: ignore[method-assign]
     for i in range(LAYERS):
         add(f"blk.{i}.attn_norm.weight", np.ones(HIDDEN, np.float32))
         writer.add_tensor(f"blk.{i}.attn_q.weight", w(HIDDEN, HIDDEN))

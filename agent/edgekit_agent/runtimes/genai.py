@@ -190,7 +190,7 @@ class Generator:
                 out.decode_tokens_per_s = (len(times) - 1) / max(times[-1] - times[0], 1e-9)
         if stream.reason is not None:
             out.finish_reason = stream.reason
-        elif out.tokens and self.eos is not None and out.tokens[-1] == self.eos:
+        elif len(out.tokens) < max_new_tokens:  # the runtime stopped before the limit: an end-of-sequence token
             out.finish_reason = "stop"
         return out
 
