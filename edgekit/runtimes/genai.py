@@ -134,6 +134,59 @@ def exact_reference(model: Any, gguf_path: Path, info: GGUFInfo) -> int:
     return replaced
 
 
+def _q4_1_blocks(gguf_path: Path, info: GGUFInfo) -> dict[tuple[int, ...], list[tuple[Any, Any]]]:
+    """Each Q4_1 matrix's per-block scale d and minimum m (value = d * q + m), by shape (rows, blocks); Q and K
+    also in llama.cpp's two other row orders, as in ``_exact_weights``."""
+    import gguf
+    import numpy as np
+
+    out: dict[tuple[int, ...], list[tuple[Any, Any]]] = {}
+    for t in gguf.GGUFReader(str(gguf_path)).tensors:
+        if t.tensor_type != gguf.GGMLQuantizationType.Q4_1:
+            continue
+        raw = np.asarray(t.data)
+        b = raw.reshape(raw.shape[0], raw.shape[1] // 20, 20)  # a block: f16 d, f16 m, 16 bytes of nibbles
+        d = b[:, :, 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+        m = b[:, :, 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
+        versions = [(d, m)]
+        n = info.heads if t.name.endswith("attn_q.weight") else info.kv_heads if t.name.endswith("attn_k.weight") else 0
+        if n:
+            half = d.shape[0] // n // 2
+            for order in ((n, 2, half), (n, half, 2)):
+                versions += [tuple(a.reshape(*order, -1).swapaxes(1, 2).reshape(a.shape) for a in (d, m))]
+        for dv, mv in versions:
+            out.setdefault(dv.shape, []).append((dv, mv))
+    return out
+
+
+def exact_zero_points(model: Any, gguf_path: Path, info: GGUFInfo) -> int:
+    """Give the reader's Q4_1 matrices their exact minimum: the reader rounds -m/d to a 4-bit integer zero
+    point; an f16 zero point keeps it (the CPU plugin still runs the u4 weights compressed). A matrix is
+    matched by its scales, which the reader keeps exactly. Returns how many were fixed."""
+    import numpy as np
+    import openvino as ov
+
+    blocks = _q4_1_blocks(gguf_path, info)
+    fixed = 0
+    for op in model.get_ops():
+        zp = op.input_value(1).get_node() if op.get_type_name() == "Subtract" else None
+        if zp is None or zp.get_type_name() != "Convert" or zp.input_value(0).get_node().get_type_name() != "Constant":
+            continue
+        multiply = next(iter(op.output(0).get_target_inputs())).get_node()
+        scale = multiply.input_value(1).get_node() if multiply.get_type_name() == "Multiply" else None
+        if scale is None or scale.get_type_name() != "Constant":
+            continue
+        d_ir = scale.get_data().astype(np.float32)[..., 0]
+        match = next(((d, m) for d, m in blocks.get(d_ir.shape, []) if np.array_equal(d, d_ir)), None)
+        if match is None:
+            continue
+        d, m = match
+        exact = np.divide(-m, d, out=np.zeros_like(m), where=d != 0)[..., None].astype(np.float16)
+        op.input(1).replace_source_output(ov.op.Constant(exact).output(0))
+        fixed += 1
+    return fixed
+
+
 def from_gguf(gguf_path: Path, out: Path, *, native: bool = False) -> GGUFInfo:
     """Write the model directory LLMPipeline reads into ``out``: the fp32 reference, or with ``native`` the
     GGUF's own quantized weights as the reader keeps them (what llama.cpp runs, in OpenVINO)."""
@@ -144,8 +197,9 @@ def from_gguf(gguf_path: Path, out: Path, *, native: bool = False) -> GGUFInfo:
     with tempfile.TemporaryDirectory(prefix="edgekit-gguf-") as tmp:
         src = _read_gguf(gguf_path, Path(tmp))
         if native:
-            shutil.copyfile(src / MODEL_XML, out / MODEL_XML)
-            shutil.copyfile(src / MODEL_BIN, out / MODEL_BIN)
+            model = ov.Core().read_model(str(src / MODEL_XML))
+            exact_zero_points(model, gguf_path, info)
+            ov.save_model(model, str(out / MODEL_XML), compress_to_fp16=False)
         else:
             model = dequantize(ov.Core().read_model(str(src / MODEL_XML)))
             exact_reference(model, gguf_path, info)
