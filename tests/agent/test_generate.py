@@ -163,6 +163,9 @@ def test_a_tensor_package_asked_to_generate_says_so_and_a_generative_one_refuses
     with served_repo(tmp_path, broker.url) as (keys, repo, host, _server):
         agent = start_agent(tmp_path, broker, keys[1])
         try:
+            # requests are interactive (clean session): one sent before the agent subscribed is not delivered
+            host.wait_for(lambda: any(isinstance(m, dict) and m.get("status") == "online"
+                                      for m in host.messages["state"]), "the agent online")  # fmt: skip
             (answer,) = ask(host, {"id": "early", "prompt": "hi"})
             assert "no model is installed" in answer["error"] or "loading" in answer["error"]
             path = pkgs.build(pkgs.source_dir(tmp_path / "src"), repo / "tiny-v1.edgepkg", keys[0], version="v1")

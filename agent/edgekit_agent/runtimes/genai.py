@@ -73,9 +73,20 @@ class _Stream:
         self.times: list[float] = []
         self.reason: str | None = None
         self.hold = max((len(s) for s in stop), default=1) - 1
+        # incremental detokenization: the text of ids[prefix:] minus that of ids[prefix:read] is what the new
+        # tokens add (decoding a short span around them, not every token so far on every token: that grew with
+        # the answer, and was most of the agent's time per token)
+        self.decoded = ""
+        self.prefix = self.read = 0
 
     def text(self) -> str:
-        return self.gen.decode(self.ids)
+        """The text so far; a trailing split UTF-8 character stays undecoded until its next part comes."""
+        before = self.gen.decode(self.ids[self.prefix : self.read])
+        after = self.gen.decode(self.ids[self.prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.decoded += after[len(before) :]
+            self.prefix, self.read = self.read, len(self.ids)
+        return self.decoded
 
     def on_token(self, ids: list[int]) -> bool:
         """True: go on generating."""
@@ -89,8 +100,7 @@ class _Stream:
                 self._emit(text[:at], final=True)
                 self.reason = "stop"
                 return False
-        if not text.endswith("\ufffd"):  # a character split across tokens waits for its next part
-            self._emit(text[: len(text) - self.hold] if self.hold else text, final=False)
+        self._emit(text[: len(text) - self.hold] if self.hold else text, final=False)
         if self.cancelled():
             self.reason = "cancelled"
             return False
@@ -108,8 +118,12 @@ class _Stream:
 
     def flush(self) -> str:
         text = self.text()
+        if self.reason is None and self.read < len(self.ids):  # the whole answer: a split character's tail
+            before = self.gen.decode(self.ids[self.prefix : self.read])
+            text = self.decoded = self.decoded + self.gen.decode(self.ids[self.prefix :])[len(before) :]
+            self.read = len(self.ids)
         if self.reason != "stop":
-            self._emit(text.rstrip("\ufffd") if self.reason else text, final=True)
+            self._emit(text, final=True)
         return text[: self.sent]
 
 
