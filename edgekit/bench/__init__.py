@@ -28,6 +28,27 @@ def isa() -> list[str]:
     return int8_speed_flags()
 
 
+def side_venv(venv: Path, installs: list[list[str]], what: str, env: dict[str, str] | None = None) -> Path:
+    """The Python of a bench-only virtualenv (a peer tool whose dependencies must not move ours), created on
+    first use: each of ``installs`` is one ``pip install`` argument list, run in order."""
+    import subprocess
+
+    python = venv / "bin" / "python"
+    stamp = venv / ".installed"
+    if stamp.exists():
+        return python
+    log(f"installing {what} into {venv} (once)")
+    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    for cmd in ([sys.executable, "-m", "venv", "--clear", str(venv)], *([*pip, *args] for args in installs)):
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, check=False,
+                              env=os.environ | (env or {}))  # fmt: skip
+        if done.returncode != 0:
+            tail = (done.stderr.strip().splitlines() or ["?"])[-1]
+            raise RuntimeError(f"installing {what} failed ({tail})")
+    stamp.touch()
+    return python
+
+
 def log(msg: str) -> None:
     print(f"· {msg}", file=sys.stderr, flush=True)
 

@@ -24,10 +24,10 @@ QUICK = ("models", "agent", "fleet")  # packaging time and NATS scaling take min
 
 def _sections() -> dict[str, Any]:
     """name -> module with ``run() -> dict`` and ``render(dict) -> lines`` (and optionally ``plot``)."""
-    from edgekit.bench import agent, devicerank, fleet, models, ownmodels, package, scaling
+    from edgekit.bench import agent, devicerank, fleet, llm, models, ownmodels, package, scaling
 
     return {"models": models, "ownmodels": ownmodels, "package": package, "agent": agent, "fleet": fleet,
-            "scaling": scaling, "devicerank": devicerank}  # fmt: skip
+            "scaling": scaling, "devicerank": devicerank, "llm": llm}  # fmt: skip
 
 
 def run(sections: list[str], out_md: Path, results_dir: Path, *, quick: bool = False) -> None:

@@ -228,26 +228,9 @@ OLIVE_PINS = [
 
 def olive_command() -> Path:
     """The ``olive`` executable of the bench's own Olive virtualenv, created on first use."""
-    import subprocess
-    import sys
+    from edgekit.bench import side_venv
 
-    olive = OLIVE_VENV / "bin" / "olive"
-    stamp = OLIVE_VENV / ".installed"
-    if stamp.exists():
-        return olive
-    log(f"installing Olive into {OLIVE_VENV} (once)")
-    pip = [str(OLIVE_VENV / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    for cmd in (
-        [sys.executable, "-m", "venv", "--clear", str(OLIVE_VENV)],
-        [*pip, "torch==2.13.0"],
-        [*pip, *OLIVE_PINS],
-    ):
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-        if done.returncode != 0:
-            tail = (done.stderr.strip().splitlines() or ["?"])[-1]
-            raise RuntimeError(f"installing Olive failed ({tail})")
-    stamp.touch()
-    return olive
+    return side_venv(OLIVE_VENV, [["torch==2.13.0"], OLIVE_PINS], "Olive").with_name("olive")
 
 
 def _olive_pass(olive: Path, name: str, src: Path, out: Path, config: dict[str, Any] | None = None) -> Path:
