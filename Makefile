@@ -47,7 +47,8 @@ soak: install
 demo: install
 	$(VENV)/bin/edgekit demo
 
-# ~20 min on 2 cores; the first run also installs Olive into .venv-olive (the peer comparison), apart from ours
+# ~33 min on 2 cores (the language-model section ~8 of them); the first run also installs Olive into .venv-olive and
+# builds llama.cpp into .venv-llama (10-20 min; the peer comparisons), apart from ours
 bench: install
 	$(PY) -m edgekit.bench --out docs/benchmarks.md --results docs/bench-results
 
