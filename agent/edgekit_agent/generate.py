@@ -115,8 +115,8 @@ class GenerateService:
     def _answer(self, rid: str | None, seq: int, body: dict[str, Any]) -> None:
         self.publish({"id": rid, "seq": seq, **body})
 
-    def _error(self, rid: str | None, message: str, seq: int = 0) -> None:
-        self._answer(rid, seq, {"done": True, "error": message})
+    def _error(self, rid: str | None, message: str) -> None:
+        self._answer(rid, 0, {"done": True, "error": message})
 
     def submit(self, payload: bytes) -> None:
         """Called from the network thread: parse, queue or answer at once; never blocks, never raises."""

@@ -118,19 +118,21 @@ def _agent(lab: Any, best: Any, tmp: Path) -> dict[str, Any]:
     from edgekit_agent.protocol import topic
 
     from edgekit.bench.agent import _desired, _publish_desired, _wait
-    from edgekit.edgepkg import Signing, write_edgepkg
+    from edgekit.edgepkg import Signing
     from edgekit.fleet import mqtt
     from edgekit.fleet.broker import LocalBroker
     from edgekit.fleet.serve import PackageServer
     from edgekit.keys import init_keys
-    from edgekit.llm import build, evaluate
+    from edgekit.llm import build
+    from edgekit.runtimes import genai
 
     keys = init_keys(tmp / "keys")
     repo = tmp / "repo"
     repo.mkdir()
     _result, report = build.package_result(lab, best, [], strict=True, name="smollm2", out=tmp / "pkg")
-    build.seal(lab, best, report, tmp / "pkg", sign=None, package_file=None)
-    pkg = write_edgepkg(tmp / "pkg", repo / "smollm2.edgepkg", Signing(key=keys.private_path, counter=1)).path
+    pkg = build.seal(lab, best, report, tmp / "pkg", sign=Signing(key=keys.private_path, counter=1),
+                     package_file=repo / "smollm2.edgepkg")  # fmt: skip
+    assert pkg is not None
     broker = LocalBroker(tmp / "broker")
     broker.start()
     server = PackageServer(repo, broker.url)
@@ -147,7 +149,7 @@ def _agent(lab: Any, best: Any, tmp: Path) -> dict[str, Any]:
         mqtt.connect(client, broker.url)
         client.subscribe(topic("bench", "llm", "generate/response"), qos=1)
         time.sleep(0.5)
-        bare = evaluate.open_generator(best.directory, threads=THREADS, config=best.recipe.runtime_config)
+        bare = genai.open_generator(best.directory, threads=THREADS, config=best.recipe.runtime_config)
         texts = [bare.decode(p[1:]) for p in lab.prompts]  # the prompts as text: what a request carries
         bare_rates, agent_rates, client_rates, equal = [], [], [], []
         for i, text in enumerate(texts * 2):

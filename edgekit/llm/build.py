@@ -226,14 +226,16 @@ class Lab:
         self.threads = profile.num_threads
         t0 = time.perf_counter()
         progress(f"reading {gguf_path.name} into an fp32 {genai.KIND_LABEL} (the reference)")
-        self.info = genai.from_gguf(gguf_path, work / "fp32")
+        self.info = gguf.inspect(gguf_path)
+        self.source = genai.read(gguf_path, work)  # read once: the reference and gguf-native write from it
+        genai.reference(self.source, gguf_path, work / "fp32", self.info)
         ref_recipe = LLMRecipe(
             name="fp32-reference",
             weights="fp32",
             runtime_config=dict(genai.REFERENCE_CONFIG),
         )
         self.reference = Candidate(ref_recipe, work / "fp32")
-        gen = evaluate.open_generator(work / "fp32", threads=self.threads, config=ref_recipe.runtime_config)
+        gen = genai.open_generator(work / "fp32", threads=self.threads, config=ref_recipe.runtime_config)
         bos = self.info.bos_token_id if self.info.bos_token_id is not None and self.info.bos_token_id >= 0 else None
         # the calibration text, only where a data-aware recipe will use it (it imports the MiniLM example's text)
         self.calibration: list[list[int]] = []
@@ -280,11 +282,11 @@ class Lab:
         if recipe.weights == "fp32":
             directory = self.reference.directory
         elif recipe.weights == "gguf":
-            genai.from_gguf(self.gguf, directory, native=True)
+            genai.native_model(self.source, self.gguf, directory, self.info)
         else:
             genai.compress(self.reference.directory, directory, recipe, self.calibration)
         c = Candidate(recipe, directory, notes={"source_tensor_types": self.info.tensor_types})
-        gen = evaluate.open_generator(directory, threads=self.threads, config=recipe.runtime_config)
+        gen = genai.open_generator(directory, threads=self.threads, config=recipe.runtime_config)
         self._measure(c, gen, time.perf_counter() - t0)
         _gate(c, self.reference.perplexity, self.profile)
         return c
@@ -416,7 +418,7 @@ def seal(
     lab: Lab, best: Candidate, report: dict[str, Any], out: Path, *, sign: Signing | None, package_file: Path | None
 ) -> Path | None:
     """Write ``best`` with its sample into ``out`` (and a signed .edgepkg with ``sign``)."""
-    gen = evaluate.open_generator(best.directory, threads=lab.threads, config=best.recipe.runtime_config)
+    gen = genai.open_generator(best.directory, threads=lab.threads, config=best.recipe.runtime_config)
     return write_output(
         out, report, lambda stage: _stage(stage, best.directory, gen), signing=sign, package_file=package_file
     )

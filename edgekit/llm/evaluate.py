@@ -38,10 +38,6 @@ class Speed:
     runs: int
 
 
-def open_generator(model_dir: Path, *, threads: int, config: dict[str, str]) -> Any:
-    return genai.open_generator(model_dir, threads=threads, config=config)
-
-
 def speed(generator: Any, prompts: list[list[int]], *, new_tokens: int) -> Speed:
     """Greedy generation of exactly ``new_tokens`` after each prompt but the first (the warm-up).
 

@@ -43,14 +43,16 @@ openvino_genai.LLMPipeline(sys.argv[1], "CPU", enable_save_ov_model=True, INFERE
 """
 
 
-def _read_gguf(gguf_path: Path, work: Path) -> Path:
-    """The reader writes the IR and tokenizer next to the file it reads: it gets a link to it in ``work``.
+def read(gguf_path: Path, work: Path) -> Path:
+    """The reader's model directory (its IR with the file's quantized weights, tokenizer, detokenizer), in
+    ``work``: read once, then ``reference`` and ``native_model`` write from it. The reader writes next to the
+    file it reads, so it gets a link to it in ``work``.
 
     It runs in a child process: on some layouts (an F16 token embedding) the reader dies of SIGFPE, which
     would take edgekit down with it instead of giving the user a one-line error.
     """
     src = work / "gguf"
-    src.mkdir()
+    src.mkdir(parents=True)
     local = src / gguf_path.name
     try:
         local.symlink_to(gguf_path.resolve())
@@ -77,26 +79,30 @@ def dequantize(model: Any) -> Any:
     return model
 
 
+def _row_orders(name: str, info: GGUFInfo, arrays: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """``arrays`` (a tensor's rows first) as stored, and for attention Q and K also in llama.cpp's permute() order
+    and its inverse: its converter reorders their rows for its rotary layout, and the reader's graph may hold
+    any of the three."""
+    n = info.heads if name.endswith("attn_q.weight") else info.kv_heads if name.endswith("attn_k.weight") else 0
+    versions = [arrays]
+    if n:
+        half = arrays[0].shape[0] // n // 2
+        for order in ((n, 2, half), (n, half, 2)):
+            versions.append(tuple(a.reshape(*order, -1).swapaxes(1, 2).reshape(a.shape) for a in arrays))
+    return versions
+
+
 def _exact_weights(gguf_path: Path, info: GGUFInfo) -> dict[tuple[int, ...], list[Any]]:
-    """Every matrix of the file dequantized exactly (gguf-py), by shape; attention Q and K also un-permuted
-    (llama.cpp's converter reorders their rows for its rotary layout; the IR may hold either order)."""
+    """Every matrix of the file dequantized exactly (gguf-py), by shape, in each row order (``_row_orders``)."""
     import gguf
     import numpy as np
 
-    heads, kv_heads = info.heads, info.kv_heads
-    reader = gguf.GGUFReader(str(gguf_path))
     out: dict[tuple[int, ...], list[Any]] = {}
-    for t in reader.tensors:
+    for t in gguf.GGUFReader(str(gguf_path)).tensors:
         if len(t.shape) != 2:
             continue
         w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
-        versions = [w]
-        n = heads if t.name.endswith("attn_q.weight") else kv_heads if t.name.endswith("attn_k.weight") else 0
-        if n:  # llama.cpp's permute() and its inverse: the IR holds the rows in one of the three orders
-            half = w.shape[0] // n // 2
-            versions.append(w.reshape(n, 2, half, w.shape[1]).swapaxes(1, 2).reshape(w.shape))
-            versions.append(w.reshape(n, half, 2, w.shape[1]).swapaxes(1, 2).reshape(w.shape))
-        for v in versions:
+        for (v,) in _row_orders(t.name, info, (w,)):
             out.setdefault(v.shape, []).append(v)
             out.setdefault(v.T.shape, []).append(v.T)
     return out
@@ -135,8 +141,8 @@ def exact_reference(model: Any, gguf_path: Path, info: GGUFInfo) -> int:
 
 
 def _q4_1_blocks(gguf_path: Path, info: GGUFInfo) -> dict[tuple[int, ...], list[tuple[Any, Any]]]:
-    """Each Q4_1 matrix's per-block scale d and minimum m (value = d * q + m), by shape (rows, blocks); Q and K
-    also in llama.cpp's two other row orders, as in ``_exact_weights``."""
+    """Each Q4_1 matrix's per-block scale d and minimum m (value = d * q + m), by shape (rows, blocks), in each
+    row order (``_row_orders``)."""
     import gguf
     import numpy as np
 
@@ -148,13 +154,7 @@ def _q4_1_blocks(gguf_path: Path, info: GGUFInfo) -> dict[tuple[int, ...], list[
         b = raw.reshape(raw.shape[0], raw.shape[1] // 20, 20)  # a block: f16 d, f16 m, 16 bytes of nibbles
         d = b[:, :, 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
         m = b[:, :, 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
-        versions = [(d, m)]
-        n = info.heads if t.name.endswith("attn_q.weight") else info.kv_heads if t.name.endswith("attn_k.weight") else 0
-        if n:
-            half = d.shape[0] // n // 2
-            for order in ((n, 2, half), (n, half, 2)):
-                versions += [tuple(a.reshape(*order, -1).swapaxes(1, 2).reshape(a.shape) for a in (d, m))]
-        for dv, mv in versions:
+        for dv, mv in _row_orders(t.name, info, (d, m)):
             out.setdefault(dv.shape, []).append((dv, mv))
     return out
 
@@ -187,26 +187,41 @@ def exact_zero_points(model: Any, gguf_path: Path, info: GGUFInfo) -> int:
     return fixed
 
 
-def from_gguf(gguf_path: Path, out: Path, *, native: bool = False) -> GGUFInfo:
-    """Write the model directory LLMPipeline reads into ``out``: the fp32 reference, or with ``native`` the
-    GGUF's own quantized weights as the reader keeps them (what llama.cpp runs, in OpenVINO)."""
+def _write(model: Any, src: Path, out: Path, info: GGUFInfo) -> None:
     import openvino as ov
 
-    info = inspect(gguf_path)
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="edgekit-gguf-") as tmp:
-        src = _read_gguf(gguf_path, Path(tmp))
-        if native:
-            model = ov.Core().read_model(str(src / MODEL_XML))
-            exact_zero_points(model, gguf_path, info)
-            ov.save_model(model, str(out / MODEL_XML), compress_to_fp16=False)
-        else:
-            model = dequantize(ov.Core().read_model(str(src / MODEL_XML)))
-            exact_reference(model, gguf_path, info)
-            ov.save_model(model, str(out / MODEL_XML), compress_to_fp16=False)
-        for name in TOKENIZER_FILES:
-            shutil.copyfile(src / name, out / name)
+    ov.save_model(model, str(out / MODEL_XML), compress_to_fp16=False)
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(src / name, out / name)
     write_generation_config(info, out)
+
+
+def reference(src: Path, gguf_path: Path, out: Path, info: GGUFInfo) -> None:
+    """The fp32 reference into ``out``: the reader's graph with every matrix the file's exact dequantization."""
+    import openvino as ov
+
+    model = dequantize(ov.Core().read_model(str(src / MODEL_XML)))
+    exact_reference(model, gguf_path, info)
+    _write(model, src, out, info)
+
+
+def native_model(src: Path, gguf_path: Path, out: Path, info: GGUFInfo) -> None:
+    """The file's own quantized weights into ``out``, kept compressed (Q4_1 with exact zero points): what
+    llama.cpp runs, in OpenVINO."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(src / MODEL_XML))
+    exact_zero_points(model, gguf_path, info)
+    _write(model, src, out, info)
+
+
+def from_gguf(gguf_path: Path, out: Path, *, native: bool = False) -> GGUFInfo:
+    """``reference`` (or with ``native`` ``native_model``) of ``gguf_path`` into ``out``, in one go."""
+    info = inspect(gguf_path)
+    with tempfile.TemporaryDirectory(prefix="edgekit-gguf-") as tmp:
+        src = read(gguf_path, Path(tmp))
+        (native_model if native else reference)(src, gguf_path, out, info)
     return info
 
 
