@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,7 +30,9 @@ def cached_state(module: nn.Module, *, key: str, cache_dir: Path, train: Callabl
                 layer.reset_parameters()
         train(module)
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        # a name of its own per process: two processes training the same key at once (parallel test workers,
+        # two packaging runs) each write their own file and the last rename wins with identical weights
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         torch.save(module.state_dict(), tmp)
         tmp.replace(path)
     return module.eval()
