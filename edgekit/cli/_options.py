@@ -101,6 +101,19 @@ def duration(text: str, option: str) -> float:
         raise OptionInvalid(f"{option} {text!r} is not a duration like 90s, 5m, 1h or 2d") from None
 
 
+def millis(text: str, option: str) -> float:
+    """``2ms``, ``0.5ms``, ``1s`` or a bare number of milliseconds, as milliseconds."""
+    raw = text.strip().lower()
+    scale = 1000.0 if raw.endswith("s") and not raw.endswith("ms") else 1.0
+    try:
+        value = float(raw.removesuffix("ms").removesuffix("s")) * scale
+    except ValueError:
+        raise OptionInvalid(f"{option} {text!r} is not a time like 2ms or 0.5ms") from None
+    if value < 0:
+        raise OptionInvalid(f"{option} {text!r} must not be negative")
+    return value
+
+
 def percent(text: str, option: str) -> float:
     """``20%`` or ``0.2`` as a fraction."""
     raw = text.strip()

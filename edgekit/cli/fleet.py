@@ -123,6 +123,9 @@ def rollout(
     group: opt.Group = None,
     waves: Annotated[str, typer.Option(help="cumulative waves: counts or percentages")] = "1,10%,50%,100%",
     max_p95_regression: Annotated[str, typer.Option(help="stop when p95 grows more than this")] = "20%",
+    min_p95_increase: Annotated[
+        str, typer.Option(help="ignore p95 rises smaller than this (e.g. 2ms): noise on sub-ms models")
+    ] = "0ms",
     max_error_rate: Annotated[str, typer.Option(help="stop when the error rate passes this")] = "1%",
     min_soak: Annotated[str, typer.Option(help="healthy telemetry needed per wave (e.g. 60s, 5m)")] = "60s",
     install_timeout: Annotated[str, typer.Option(help="time a wave has to install")] = "5m",
@@ -161,6 +164,7 @@ def rollout(
             raise opt.OptionInvalid("edgekit rollout PKG needs --group G (or use status | resume | abort)")
         policy = ro.Policy(
             max_p95_regression=opt.percent(max_p95_regression, "--max-p95-regression"),
+            min_p95_increase_ms=opt.millis(min_p95_increase, "--min-p95-increase"),
             max_error_rate=opt.percent(max_error_rate, "--max-error-rate"),
             min_soak=opt.duration(min_soak, "--min-soak"),
             install_timeout=opt.duration(install_timeout, "--install-timeout"),

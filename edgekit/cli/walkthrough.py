@@ -308,12 +308,14 @@ class Demo:
         from edgekit.cli.fleet import rollout
         from edgekit.fleet.rollout import find
 
-        # a 50% p95 limit: these models answer in ~0.2-0.4 ms, where this shared machine's noise alone
-        # reaches 20%. A rollback exits 3 in the CLI; here the status check at the end reports it.
+        # +50 % and at least +2 ms: these models answer in ~0.2-0.7 ms, and every device of the demo shares this
+        # machine's cores with whatever else runs (seen while the test suite ran beside it: p95 0.696 -> 1.127 ms,
+        # +62 %, for the pruned 2.0, which is no slower). A rollback exits 3 in the CLI; here the status check at
+        # the end reports it.
         with contextlib.suppress(typer.Exit):
-            rollout(str(package), group=group, waves=waves, max_p95_regression="50%", max_error_rate="1%",
-                    min_soak="4s", install_timeout="2m", rollout_id=None, key=key, fleet=FLEET, broker=url,
-                    db=self.db, packages=self.repo)  # fmt: skip
+            rollout(str(package), group=group, waves=waves, max_p95_regression="50%", min_p95_increase="2ms",
+                    max_error_rate="1%", min_soak="4s", install_timeout="2m", rollout_id=None, key=key, fleet=FLEET,
+                    broker=url, db=self.db, packages=self.repo)  # fmt: skip
         return find(self._store(), FLEET, None)["status"]
 
     def _tamper(self, package: Path) -> Path:
