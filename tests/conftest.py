@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
 # clusters and timers. These modules are one unit of work that one worker runs in turn, so two of them never
 # split the cores, while the other worker runs the waiting tests (measured without this: the suite's CPU time
 # doubled and two workers took longer than one, 865 s against 837 s). A new module that trains or compresses
-# belongs here; one left out still passes, it only slows the suite.
+# belongs here; one left out still passes, it only slows the suite. Every user of the tiny_llm session fixture
+# is here too, so it is packaged once, not once per worker.
 COMPUTE = (
     "tests/agent/test_faults.py",
     "tests/agent/test_generate.py",
