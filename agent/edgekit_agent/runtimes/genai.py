@@ -79,11 +79,12 @@ class _Stream:
         self.decoded = ""
         self.prefix = self.read = 0
 
-    def text(self) -> str:
-        """The text so far; a trailing split UTF-8 character stays undecoded until its next part comes."""
+    def text(self, *, complete: bool = False) -> str:
+        """The text so far; a trailing split UTF-8 character stays undecoded until its next part comes, or until
+        the answer is ``complete`` (then it is kept as the decoder renders it)."""
         before = self.gen.decode(self.ids[self.prefix : self.read])
         after = self.gen.decode(self.ids[self.prefix :])
-        if len(after) > len(before) and not after.endswith("\ufffd"):
+        if len(after) > len(before) and (complete or not after.endswith("\ufffd")):
             self.decoded += after[len(before) :]
             self.prefix, self.read = self.read, len(self.ids)
         return self.decoded
@@ -117,11 +118,7 @@ class _Stream:
             self.pending = []
 
     def flush(self) -> str:
-        text = self.text()
-        if self.reason is None and self.read < len(self.ids):  # the whole answer: a split character's tail
-            before = self.gen.decode(self.ids[self.prefix : self.read])
-            text = self.decoded = self.decoded + self.gen.decode(self.ids[self.prefix :])[len(before) :]
-            self.read = len(self.ids)
+        text = self.text(complete=self.reason is None)  # the whole answer: a split character's tail is kept
         if self.reason != "stop":
             self._emit(text, final=True)
         return text[: self.sent]
