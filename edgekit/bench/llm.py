@@ -91,6 +91,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         res["host_rows"] = [c.row(lab.reference.perplexity) for c in everyone]
         common = {"threads": THREADS, "prompts": lab.prompts, "new_tokens": lab.m.new_tokens, "heldout": lab.heldout}
         res["prompt_tokens"], res["heldout_tokens"] = len(lab.prompts[-1]), sum(map(len, lab.heldout))
+        res["new_tokens"] = lab.m.new_tokens
         rows = []
         log("torch fp32 eager")
         torch_spec = {"kind": "torch", "label": "torch", "gguf": str(gguf), "cache": str(cache_dir() / "smollm2-fp32")}
@@ -192,11 +193,12 @@ def render(res: dict[str, Any]) -> list[str]:
     lines = ["## Small language model: SmolLM2-135M-Instruct (`make bench`, section llm)", "", header(res), ""]
     lines += [
         f"Same {res['threads']} threads, same token ids for every runtime: {res['prompt_tokens']}-token prompts, "
-        f"128 greedy new tokens (EOS ignored), perplexity over {res['heldout_tokens']:,} held-out tokens (Python "
-        "Language Reference prose). Each row ran in a process of its own; decode = the tokens after the first; "
-        "p50 over the runs, with the lowest and highest run. `--auto` chose **" + res["chosen"] + "**.",
+        f"{res['new_tokens']} greedy new tokens (EOS ignored), perplexity over {res['heldout_tokens']:,} held-out "
+        "tokens (Python Language Reference prose). Each row ran in a process of its own; decode = the tokens after "
+        "the first; p50 over the runs, with the lowest and highest run. `--auto` chose **" + res["chosen"] + "**.",
         "",
-        "| runtime | size | perplexity | first token ms (128-token prompt) | decode tok/s (range) | peak RSS |",
+        f"| runtime | size | perplexity | first token ms ({res['prompt_tokens']}-token prompt) | decode tok/s (range) "
+        "| peak RSS |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for r in res["rows"]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import statistics
 import sys
@@ -57,8 +58,9 @@ class Torch:
             config.pop("quantization_config", None)
             cache.mkdir(parents=True, exist_ok=True)
             (cache / "config.json").write_text(json.dumps(config))
-            torch.save(model.state_dict(), cache / "weights.pt.tmp")
-            (cache / "weights.pt.tmp").rename(cache / "weights.pt")
+            tmp = cache / f".weights.pt.{os.getpid()}.tmp"  # two benches at once each write their own
+            torch.save(model.state_dict(), tmp)
+            tmp.replace(cache / "weights.pt")
         config = json.loads((cache / "config.json").read_text())
         model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.float32)
         model.load_state_dict(torch.load(cache / "weights.pt", weights_only=True))
